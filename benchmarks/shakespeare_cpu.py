@@ -1,0 +1,101 @@
+"""Benchmark: the `shakespeare-char-cpu` preset against nanoGPT's recipe, side by side in one run.
+
+    python benchmarks/shakespeare_cpu.py [--source tinyshakespeare.txt] [--repeats 1] [--max-iters 2000]
+
+Prepares tiny Shakespeare (char) once, then for each repeat runs, one after the other on the same
+machine: the nanoGPT reference (benchmarks/nanogpt_reference.py) and `gptkit train --preset
+shakespeare-char-cpu`. Prints, for each, the final val loss (nanoGPT's 20-batch estimate and the
+exact loss over the whole val split), the process's wall time and the median ms per training
+iteration, then the ratios. This machine is noisy: trust the ratios within one run, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SOURCE = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def run(cmd: list[str]) -> tuple[str, float]:
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"command failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return done.stdout, wall
+
+
+def bench_reference(data: Path, max_iters: int) -> dict:
+    out, wall = run([sys.executable, str(HERE / "nanogpt_reference.py"), "--data", str(data), "--max-iters", str(max_iters)])
+    result = json.loads(out.strip().splitlines()[-1])
+    return {**result, "wall_s": wall}
+
+
+def bench_gptkit(data: Path, run_dir: Path, max_iters: int, extra: list[str]) -> dict:
+    gptkit = [sys.executable, "-m", "gptkit"]
+    out, wall = run(
+        gptkit + ["train", "--preset", "shakespeare-char-cpu", "--data", str(data), "--out", str(run_dir),
+                  "--max-iters", str(max_iters), "--lr-decay-iters", str(max_iters), "--overwrite", "--json", *extra]
+    )
+    result = json.loads(out)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ms = [r["ms_per_iter"] for r in records if "ms_per_iter" in r]
+    full, _ = run(gptkit + ["eval", "--ckpt", str(run_dir / "ckpt.safetensors"), "--data", str(data), "--json"])
+    return {
+        "name": "gptkit",
+        "val_loss": result["val_loss"],
+        "full_val_loss": json.loads(full)["val_loss"],
+        "ms_per_iter": statistics.median(ms),
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default=os.environ.get("GPTKIT_SHAKESPEARE") or str(DEFAULT_SOURCE))
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--max-iters", type=int, default=2000)
+    ap.add_argument("--gptkit-args", default="", help="extra options for gptkit train, e.g. '--dtype bfloat16'")
+    args = ap.parse_args()
+
+    from gptkit.prepare import prepare_shakespeare
+
+    with tempfile.TemporaryDirectory(prefix="gptkit-bench-") as tmp:
+        data = Path(tmp) / "data"
+        prepare_shakespeare(data, "char", args.source)
+        rows = []
+        for r in range(args.repeats):
+            for result in (bench_reference(data, args.max_iters), bench_gptkit(data, Path(tmp) / "run", args.max_iters, args.gptkit_args.split())):
+                result["repeat"] = r
+                rows.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+
+    print(f"\nshakespeare-char-cpu, {args.max_iters} iterations, {args.repeats} repeat(s), torch threads: "
+          f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"{'':<20}{'val loss':>10}{'full val':>10}{'wall s':>10}{'ms/iter':>10}")
+    by_name: dict[str, list[dict]] = {}
+    for row in rows:
+        by_name.setdefault(row["name"], []).append(row)
+    med = {}
+    for name, runs in by_name.items():
+        med[name] = {k: statistics.median(r[k] for r in runs) for k in ("val_loss", "full_val_loss", "wall_s", "ms_per_iter")}
+        m = med[name]
+        print(f"{name:<20}{m['val_loss']:>10.4f}{m['full_val_loss']:>10.4f}{m['wall_s']:>10.1f}{m['ms_per_iter']:>10.1f}")
+    ref, ours = med["nanogpt-reference"], med["gptkit"]
+    speed = [a["ms_per_iter"] / b["ms_per_iter"] for a, b in zip(by_name["nanogpt-reference"], by_name["gptkit"])]
+    print(f"\nspeed-up per iteration (reference ms / gptkit ms, median of pairs): {statistics.median(speed):.2f}x")
+    print(f"wall-time ratio (reference / gptkit): {ref['wall_s'] / ours['wall_s']:.2f}x")
+    print(f"gptkit val loss {ours['val_loss']:.4f} {'<=' if ours['val_loss'] <= 1.89 else '>'} 1.89 (goal)")
+
+
+if __name__ == "__main__":
+    main()

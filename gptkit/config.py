@@ -1,0 +1,188 @@
+"""Run configuration: plain dataclasses, filled in layers.
+
+    defaults (the dataclasses below)  <  --preset NAME  <  --config FILE.toml  <  command-line options
+
+A TOML file has two tables, mirroring the two dataclasses:
+
+    [model]
+    n_layer = 4
+    [train]
+    learning_rate = 1e-3
+
+The resolved config is printed by `train` and saved as config.toml in the run folder and inside every
+checkpoint, so any result can be traced back to exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from gptkit.errors import GptkitError, UsageError
+from gptkit.model import ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/shakespeare"  # folder written by `gptkit prepare`
+    out: str = "out"  # run folder: checkpoints, metrics.jsonl, config.toml
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast precision)
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337
+    # optimisation
+    max_iters: int = 5000  # optimizer steps
+    batch_size: int = 64  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4  # cosine decay ends here
+    warmup_iters: int = 100  # linear warmup from 0
+    lr_decay_iters: int = 0  # cosine decay length; 0 means max_iters
+    weight_decay: float = 0.1  # only on tensors with 2+ dimensions (matrices, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
+    # evaluation and logging
+    eval_interval: int = 250  # steps between evaluations (and checkpoints)
+    eval_iters: int = 20  # batches per split at each evaluation
+    log_interval: int = 10  # steps between progress lines / metrics.jsonl records
+
+    def validate(self) -> list[str]:
+        problems = []
+        positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "min_lr"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
+        if not self.learning_rate > 0:
+            problems.append(f"train.learning_rate must be positive (got {self.learning_rate})")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"train.{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            problems.append(f"train.dtype must be auto, float32, bfloat16 or float16 (got {self.dtype!r})")
+        return problems
+
+
+@dataclass
+class Preset:
+    description: str
+    model: dict
+    train: dict
+
+
+PRESETS: dict[str, Preset] = {
+    "shakespeare-char-cpu": Preset(
+        "nanoGPT's CPU example: a 0.8M-parameter char model, about 2 minutes on 2 cores (val loss ~1.88)",
+        model=dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
+        train=dict(
+            max_iters=2000, lr_decay_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
+            warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=20, log_interval=10,
+        ),
+    ),
+    "shakespeare-char": Preset(
+        "nanoGPT's GPU Shakespeare config: a 10.7M-parameter char model (val loss ~1.47 on one GPU)",
+        model=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+        train=dict(
+            max_iters=5000, lr_decay_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
+            warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10,
+        ),
+    ),
+}
+DEFAULT_PRESET = "shakespeare-char-cpu"
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def apply_settings(obj, values: dict, where: str):
+    """Return a copy of dataclass `obj` with `values` set, checking names and types."""
+    names = _field_names(type(obj))
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UsageError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}",
+            hint=f"known settings: {', '.join(sorted(names))}",
+        )
+    checked = {}
+    for key, value in values.items():
+        default = getattr(obj, key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise UsageError(f"{where}: {key} should be a {type(default).__name__}, got {value!r}")
+        checked[key] = value
+    return replace(obj, **checked)
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid TOML: {e}") from None
+    extra = sorted(set(data) - {"model", "train"})
+    if extra:
+        raise UsageError(f"{path}: unknown table(s) {', '.join(extra)}", hint="a config has [model] and [train] tables")
+    return data
+
+
+def resolve_config(
+    preset: str | None = DEFAULT_PRESET,
+    config_file: str | Path | None = None,
+    model_overrides: dict | None = None,
+    train_overrides: dict | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """Build the run's configs from the layers; raises UsageError listing every invalid value."""
+    model, train = ModelConfig(), TrainConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}", hint=f"presets: {', '.join(PRESETS)}")
+        model = apply_settings(model, PRESETS[preset].model, f"preset {preset}")
+        train = apply_settings(train, PRESETS[preset].train, f"preset {preset}")
+    if config_file:
+        data = load_toml(config_file)
+        model = apply_settings(model, data.get("model", {}), str(config_file))
+        train = apply_settings(train, data.get("train", {}), str(config_file))
+    model = apply_settings(model, model_overrides or {}, "options")
+    train = apply_settings(train, train_overrides or {}, "options")
+    problems = [p for p in model.validate() if not p.startswith("model.vocab_size")] + train.validate()
+    if problems:
+        raise UsageError("invalid configuration: " + "; ".join(problems))
+    return model, train
+
+
+def to_toml(model: ModelConfig, train: TrainConfig) -> str:
+    """The resolved config as TOML (strings, numbers and booleans only, so a tiny writer suffices)."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    lines = []
+    for table, obj in (("model", model), ("train", train)):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in asdict(obj).items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Stage 4, `gptkit sample`: text from a checkpoint.
+
+Autoregressive sampling: feed the prompt, turn the last position's logits into a probability
+distribution, draw the next token, append it, repeat. Two knobs shape the distribution:
+
+    temperature   logits / T before the softmax: < 1 sharper (safer), > 1 flatter (wilder);
+                  0 means greedy decoding, always the most likely token
+    top_k         keep only the k most likely tokens, so rare nonsense is never drawn
+
+A KV cache (see model.KVCache) keeps the keys and values of earlier positions, so each new token costs
+one position's work instead of the whole prefix. Once the text outgrows the context window, the model
+sees only the last block_size tokens, and the cache is rebuilt for each new window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from gptkit.checkpoint import load_checkpoint
+from gptkit.devices import resolve_runtime
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, KVCache
+from gptkit.tokenizers import Tokenizer
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
+    """logits: (B, vocab) for the last position -> (B, 1) sampled ids."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs.cpu(), num_samples=1, generator=generator).to(logits.device)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new token ids, one at a time (stops early at `stop_id`).
+
+    Random draws come from `generator` (a CPU torch.Generator), so a seeded generator repeats its text.
+    """
+    if not prompt_ids:
+        raise ValueError("generation needs at least one prompt token")
+    model.eval()
+    device = next(model.parameters()).device
+    block_size = model.config.block_size
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()  # a fresh random seed
+    tokens = list(prompt_ids)
+    cache = None
+    for _ in range(max_new_tokens):
+        if cache is None or cache.length >= block_size:
+            # (Re)start: run the last block_size tokens through the model, filling a fresh cache.
+            cache = KVCache(model.config.n_layer)
+            window = torch.tensor([tokens[-block_size:]], device=device)
+        else:
+            window = torch.tensor([[tokens[-1]]], device=device)  # only the newest token
+        logits, _ = model(window, cache=cache)
+        token = int(next_token(logits[:, -1, :], temperature, top_k, generator))
+        tokens.append(token)
+        yield token
+        if token == stop_id:
+            return
+
+
+def decode_stream(tokenizer: Tokenizer, ids: Iterator[int]) -> Iterator[str]:
+    """Turn a stream of ids into a stream of text pieces.
+
+    One token can be part of a multi-byte character (byte-level BPE splits emoji and CJK across
+    tokens); such a token decodes to U+FFFD alone. So ids wait until they decode cleanly.
+    """
+    pending: list[int] = []
+    for token in ids:
+        pending.append(token)
+        text = tokenizer.decode(pending)
+        if not text.endswith("\ufffd") or len(pending) >= 8:
+            yield text
+            pending = []
+    if pending:
+        yield tokenizer.decode(pending)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str | None, block_size: int) -> tuple[str, list[int]]:
+    """The ids to start from. No prompt starts from a newline (as nanoGPT does), or <|endoftext|>."""
+    if prompt:
+        ids = tokenizer.encode(prompt)
+    else:
+        prompt = ""
+        try:
+            ids = tokenizer.encode("\n")
+        except GptkitError:
+            ids = []
+        ids = ids or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [0])
+    if len(ids) > block_size:
+        raise GptkitError(
+            f"the prompt is {len(ids):,} tokens long, longer than the model's context of {block_size:,} tokens",
+            hint="shorten the prompt; the model cannot see more than its context",
+        )
+    return prompt, ids
+
+
+def sample_texts(
+    ckpt: str | Path,
+    prompt: str | None = None,
+    num_samples: int = 1,
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    seed: int | None = None,
+    device: str = "auto",
+    stop_at_eot: bool = True,
+) -> Iterator[tuple[str, Iterator[str]]]:
+    """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once.
+
+    With a seed, the same call gives the same text on the same machine.
+    """
+    if temperature < 0:
+        raise GptkitError(f"--temperature must be >= 0 (got {temperature})")
+    checkpoint = load_checkpoint(ckpt)
+    tokenizer = checkpoint.tokenizer()
+    runtime = resolve_runtime(device, "float32")
+    model = checkpoint.build_model(runtime.device)
+    prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size)
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    stop_id = tokenizer.eot_id if stop_at_eot else None
+    for _ in range(num_samples):
+        ids = generate(model, prompt_ids, max_new_tokens, temperature, top_k, generator, stop_id)
+        if stop_id is not None:
+            ids = (i for i in ids if i != stop_id)
+        yield prompt_text, decode_stream(tokenizer, ids)

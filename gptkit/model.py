@@ -1,0 +1,229 @@
+"""The GPT model, top to bottom.
+
+This is the GPT-2 architecture (Radford et al., 2019), written to be read in one sitting:
+
+    token ids (B, T)
+      -> token embedding + learned position embedding      (B, T, C)
+      -> n_layer x Block:                                  (B, T, C)
+             x = x + Attention(LayerNorm(x))   # "pre-norm": normalise the input of each sublayer
+             x = x + MLP(LayerNorm(x))
+      -> final LayerNorm
+      -> logits = x @ token_embedding.T                     (B, T, vocab)   # tied weights
+
+Shapes use B = batch, T = time (sequence length), C = n_embd (channels), H = n_head, D = C // H.
+
+Three details that matter in practice:
+  * Attention goes through `F.scaled_dot_product_attention`, which picks the fastest kernel the
+    device has (FlashAttention on recent GPUs, a fused kernel on CPU).
+  * The output layer reuses the token embedding matrix ("weight tying", Press & Wolf 2017): fewer
+    parameters and a slightly better model at small scale.
+  * GPT-2 initialisation: every weight ~ N(0, 0.02), and the projections that write into the
+    residual stream are scaled by 1/sqrt(2 * n_layer) so the stream's variance does not grow with
+    depth (each block adds two such writes).
+
+`generate.py` drives this model with a KV cache: `forward(idx, cache=...)` appends the keys and
+values of the new positions to the cache instead of recomputing the whole prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build the network. Saved in every checkpoint's metadata."""
+
+    vocab_size: int = 50257  # set from the data's tokenizer by `train`
+    block_size: int = 1024  # context length: the longest sequence the model sees
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # GPT-2 has biases in Linear and LayerNorm; False is a little faster and as good
+
+    def validate(self) -> list[str]:
+        """Return every problem with this config, as sentences (empty when valid)."""
+        problems = []
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                problems.append(f"model.{name} must be at least 1 (got {getattr(self, name)})")
+        if self.n_head >= 1 and self.n_embd % self.n_head != 0:
+            problems.append(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout must be in [0, 1) (got {self.dropout})")
+        return problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, one (k, v) pair per layer.
+
+    Each tensor is (B, H, T_seen, D). Generation appends one position at a time, so attention of the
+    new token costs O(T) instead of recomputing the O(T^2) attention of the whole prefix.
+    """
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    def layer_length(self, layer: int) -> int:
+        past = self.layers[layer]
+        return 0 if past is None else past[0].size(2)
+
+    @property
+    def length(self) -> int:
+        """Positions cached so far (read before a forward pass: layers fill one after another)."""
+        return self.layer_length(0)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past = self.layers[layer]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where position t may only look at positions <= t."""
+
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        # One matrix computes queries, keys and values together: one big matmul beats three small ones.
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.residual_projection = True  # scaled at init, see GPT._init_weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        # Split channels into heads: (B, T, C) -> (B, H, T, D), so each head attends independently.
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+
+        if cache is not None:
+            past_length = cache.layer_length(self.layer_index)
+            k, v = cache.append(self.layer_index, k, v)  # (B, H, past + T, D)
+            # A single new token may attend to every cached position: no mask needed. A longer chunk
+            # is only allowed on an empty cache (the prompt), where the usual causal mask applies.
+            if past_length > 0 and T > 1:
+                raise ValueError("KVCache: feed one token at a time after the prompt")
+            is_causal = past_length == 0 and T > 1
+        else:
+            is_causal = True
+
+        # softmax(q k^T / sqrt(D)) v, with the causal mask, in one fused kernel.
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen 4x, GELU, project back."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 used the tanh approximation of GELU; it is also the faster one.
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """One transformer layer: attention mixes information across positions, the MLP within one."""
+
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.mlp_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache)  # residual connections keep gradients flowing
+        x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        problems = config.validate()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.final_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_position_embedding: bool = True) -> int:
+        """Parameter count. The token embedding counts once: it is also the output layer."""
+        n = sum(p.numel() for p in self.parameters())
+        if not include_position_embedding:
+            n -= self.position_embedding.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) token ids. Returns logits (B, T, vocab) and, given targets (B, T), the mean
+        cross-entropy loss of predicting targets[:, t] from idx[:, :t+1]."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, C), broadcast over B
+        x = self.embedding_dropout(x)
+        for block in self.blocks:
+            x = block(x, cache)
+        x = self.final_norm(x)
+        logits = F.linear(x, self.token_embedding.weight)  # tied: (B, T, C) @ (C, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
+        return logits, loss
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6 per parameter (forward 2, backward 4) plus attention's scores.
+
+        From the PaLM paper's appendix B; used to report model FLOPs utilisation (MFU).
+        """
+        c = self.config
+        n = self.num_params(include_position_embedding=False)
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size

@@ -1,0 +1,225 @@
+"""Token shards on disk: the data folder that `prepare` writes and `train`/`eval` read.
+
+A data folder holds:
+
+    train_000000.bin, train_000001.bin, ...   token shards of the training split
+    val_000000.bin, ...                       token shards of the validation split
+    meta.json                                 what the tokens mean (see write_meta)
+    tokenizer.json                            the tokenizer's spec, for `gptkit tokenize`
+
+Shard layout. A 1024-byte header of 256 little-endian int32, then the tokens:
+
+    header[0] = magic      20240520: llm.c / modded-nanogpt's format, tokens are uint16
+                           20241126: gptkit's variant for vocabularies over 65,536, tokens are uint32
+    header[1] = version    1
+    header[2] = number of tokens in the shard
+    header[3:] = 0
+
+so shards written by llm.c or modded-nanogpt (GPT-2 tokens) can be trained on directly, and ours can be
+read by them when the vocabulary fits uint16. Readers check magic, version and the file's size, and
+memory-map the tokens: a shard is never loaded whole into RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gptkit import __version__
+from gptkit.errors import GptkitError
+from gptkit.fileio import atomic_open, atomic_write_json
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MAGIC_UINT16 = 20240520  # llm.c's magic number
+MAGIC_UINT32 = 20241126  # gptkit's
+SHARD_VERSION = 1
+TOKEN_DTYPE = {MAGIC_UINT16: np.uint16, MAGIC_UINT32: np.uint32}
+
+META_FORMAT = "gptkit.data"
+META_VERSION = 1
+SPLITS = ("train", "val")
+
+
+def token_dtype_for(vocab_size: int) -> np.dtype:
+    """The smallest token type that holds every id: uint16 up to 65,536 ids, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> None:
+    """Write one shard atomically. `tokens` must already have dtype uint16 or uint32."""
+    tokens = np.ascontiguousarray(tokens)
+    magic = {np.dtype(np.uint16): MAGIC_UINT16, np.dtype(np.uint32): MAGIC_UINT32}.get(tokens.dtype)
+    if magic is None:
+        raise ValueError(f"shard tokens must be uint16 or uint32, not {tokens.dtype}")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = magic, SHARD_VERSION, len(tokens)
+    with atomic_open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def read_shard(path: str | Path) -> np.ndarray:
+    """Memory-map a shard's tokens after checking its header against the file size."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptkitError(f"shard {path} does not exist", hint="run `gptkit prepare` to (re)create the data folder")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise GptkitError(f"{path} is not a token shard: only {size} bytes, shorter than its 1024-byte header")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    magic, version, count = int(header[0]), int(header[1]), int(header[2])
+    if magic not in TOKEN_DTYPE:
+        raise GptkitError(f"{path} is not a token shard (magic number {magic}, expected {MAGIC_UINT16} or {MAGIC_UINT32})")
+    if version != SHARD_VERSION:
+        raise GptkitError(
+            f"{path} has shard format version {version}; this gptkit reads version {SHARD_VERSION}",
+            hint="upgrade gptkit, or prepare the data again",
+        )
+    dtype = np.dtype(TOKEN_DTYPE[magic]).newbyteorder("<")
+    expected = HEADER_BYTES + count * dtype.itemsize
+    if size != expected:
+        raise GptkitError(
+            f"{path} is damaged: its header promises {count:,} tokens ({expected:,} bytes) but the file has {size:,} bytes",
+            hint="the file was truncated or overwritten; run `gptkit prepare` again",
+        )
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def sha256_of_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# meta.json
+
+
+def write_meta(
+    data_dir: str | Path,
+    tokenizer_spec: dict,
+    vocab_size: int,
+    eot_id: int | None,
+    splits: dict,
+    source: dict,
+) -> dict:
+    """Write meta.json. `splits` maps split name -> {"tokens", "bytes", "shards": [file names]}."""
+    meta = {
+        "format": META_FORMAT,
+        "format_version": META_VERSION,
+        "gptkit_version": __version__,
+        "tokenizer": tokenizer_spec,
+        "vocab_size": vocab_size,
+        "eot_id": eot_id,
+        "token_dtype": token_dtype_for(vocab_size).name,
+        "splits": splits,
+        "source": source,
+    }
+    atomic_write_json(Path(data_dir) / "meta.json", meta)
+    return meta
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    """Read and check a data folder's meta.json."""
+    data_dir = Path(data_dir)
+    hint = f"run `gptkit prepare shakespeare --out {data_dir}` (or `gptkit prepare text FILES --out {data_dir}`)"
+    if not data_dir.exists():
+        raise GptkitError(f"data folder {data_dir} does not exist", hint=hint)
+    path = data_dir / "meta.json"
+    if not path.is_file():
+        raise GptkitError(f"{data_dir} is not a gptkit data folder: it has no meta.json", hint=hint)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GptkitError(f"{path} is not valid JSON ({e})", hint=hint) from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise GptkitError(f"{path} is not a gptkit meta.json", hint=hint)
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > META_VERSION:
+        raise GptkitError(
+            f"{path} has format version {meta.get('format_version')}; this gptkit reads up to {META_VERSION}",
+            hint="upgrade gptkit",
+        )
+    for key in ("tokenizer", "vocab_size", "splits"):
+        if key not in meta:
+            raise GptkitError(f"{path} lacks the field {key!r}", hint=hint)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading batches
+
+
+@dataclass
+class Split:
+    """One split (train or val) of a data folder: its shards, memory-mapped, seen as one token stream."""
+
+    name: str
+    shards: list[np.ndarray]
+
+    @classmethod
+    def open(cls, data_dir: str | Path, name: str, meta: dict | None = None) -> "Split":
+        data_dir = Path(data_dir)
+        meta = meta or read_meta(data_dir)
+        info = meta["splits"].get(name)
+        if info is None:
+            raise GptkitError(f"{data_dir} has no {name!r} split", hint=f"it has: {', '.join(meta['splits'])}")
+        shards = [read_shard(data_dir / shard_name) for shard_name in info["shards"]]
+        return cls(name, shards)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def check_fits(self, block_size: int) -> None:
+        if not any(len(s) > block_size for s in self.shards):
+            raise GptkitError(
+                f"the {self.name} split has no shard longer than the context ({block_size} tokens); "
+                f"its longest has {max((len(s) for s in self.shards), default=0)}",
+                hint="use more text, a smaller --val-fraction, or a smaller --block-size",
+            )
+
+    def sample_batch(self, batch_size: int, block_size: int, generator) -> tuple:
+        """A batch of random windows: x = tokens[i : i+T], y = tokens[i+1 : i+T+1] (the next token).
+
+        Every start position in every shard is equally likely. Returns two (B, T) int64 tensors.
+        """
+        import torch
+
+        starts_per_shard = np.array([max(len(s) - block_size, 0) for s in self.shards])
+        cumulative = np.cumsum(starts_per_shard)
+        picks = torch.randint(int(cumulative[-1]), (batch_size,), generator=generator).numpy()
+        shard_of = np.searchsorted(cumulative, picks, side="right")  # which shard each pick falls in
+        offsets = picks - (cumulative[shard_of] - starts_per_shard[shard_of])
+        windows = np.stack([self.shards[s][o : o + block_size + 1] for s, o in zip(shard_of, offsets)])
+        windows = torch.from_numpy(windows.astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def iter_windows(self, block_size: int, batch_size: int, max_batches: int | None = None):
+        """Every token once, in order: consecutive non-overlapping windows, `batch_size` at a time.
+
+        Used by `eval` for a deterministic loss over the whole split. The tail of each shard that does
+        not fill a window is skipped. Yields (x, y) int64 tensors of shape (b, T), b <= batch_size.
+        """
+        import torch
+
+        batch = []
+        produced = 0
+        for shard in self.shards:
+            for start in range(0, len(shard) - block_size, block_size):
+                batch.append(np.asarray(shard[start : start + block_size + 1], dtype=np.int64))
+                if len(batch) == batch_size:
+                    windows = torch.from_numpy(np.stack(batch))
+                    yield windows[:, :-1], windows[:, 1:]
+                    batch, produced = [], produced + 1
+                    if max_batches is not None and produced >= max_batches:
+                        return
+        if batch:
+            windows = torch.from_numpy(np.stack(batch))
+            yield windows[:, :-1], windows[:, 1:]
