@@ -1,0 +1,183 @@
+import math
+
+import pytest
+import torch
+
+from gptkit.model import GPT, KVCache, ModelConfig
+
+VOCAB = 67
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    config = ModelConfig(**{**dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32), **overrides})
+    return GPT(config).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1, vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_shapes_and_loss():
+    model = tiny_model()
+    idx = random_ids(3, 10)
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, VOCAB)
+    assert loss is None
+    logits, loss = model(idx, targets=random_ids(3, 10, seed=2))
+    assert logits.shape == (3, 10, VOCAB)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_initial_loss_is_close_to_uniform():
+    # Small init weights -> nearly uniform predictions -> cross-entropy ~ ln(vocab).
+    model = tiny_model()
+    _, loss = model(random_ids(8, 16), targets=random_ids(8, 16, seed=3))
+    assert loss.item() == pytest.approx(math.log(VOCAB), abs=0.1)
+
+
+def test_loss_is_cross_entropy_of_logits():
+    model = tiny_model()
+    idx, targets = random_ids(2, 12), random_ids(2, 12, seed=5)
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = tiny_model()
+    idx = random_ids(2, 16)
+    changed = idx.clone()
+    changed[:, 9:] = (changed[:, 9:] + 7) % VOCAB  # alter positions 9..15
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, :9], b[:, :9], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])  # ...while the changed positions do differ
+
+
+def test_kv_cache_prefill_then_one_token_at_a_time_equals_full_forward():
+    model = tiny_model()
+    idx = random_ids(2, 16)
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(model.config.n_layer)
+        pieces = [model(idx[:, :5], cache=cache)[0]]  # prefill the prompt
+        assert cache.length == 5
+        for t in range(5, 16):
+            pieces.append(model(idx[:, t : t + 1], cache=cache)[0])
+        assert cache.length == 16
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_refuses_a_chunk_after_the_prompt():
+    model = tiny_model()
+    cache = KVCache(model.config.n_layer)
+    with torch.no_grad():
+        model(random_ids(1, 4), cache=cache)
+        with pytest.raises(ValueError, match="one token at a time"):
+            model(random_ids(1, 2), cache=cache)
+
+
+def test_weight_tying():
+    model = tiny_model()
+    names = [name for name, _ in model.named_parameters()]
+    assert not any("lm_head" in n for n in names)
+    # The output layer is the token embedding: no parameter has the (vocab, C) shape besides it.
+    vocab_shaped = [n for n, p in model.named_parameters() if p.shape == (VOCAB, 32)]
+    assert vocab_shaped == ["token_embedding.weight"]
+    # Logits are exactly final_norm(x) @ token_embedding.weight.T: changing the embedding's row v
+    # changes logit v even for positions whose input never used token v.
+    idx = torch.zeros(1, 4, dtype=torch.long)  # only token 0 is ever looked up
+    with torch.no_grad():
+        before, _ = model(idx)
+        # (a random direction: a constant one is invisible after LayerNorm, whose output sums to 0)
+        model.token_embedding.weight[5] += torch.randn(32, generator=torch.Generator().manual_seed(0))
+        after, _ = model(idx)
+    changed = (after - before).abs().amax(dim=(0, 1)) > 1e-6
+    assert changed[5] and changed.sum() == 1
+
+
+def test_num_params_counts_the_tied_matrix_once():
+    model = tiny_model()
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert model.num_params() == sum(unique.values())
+    assert model.num_params(include_position_embedding=False) == model.num_params() - 16 * 32
+
+
+def test_residual_projection_init_std():
+    n_layer = 12  # more layers: the scaling is visible and the estimate from 4k+ weights is tight
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=n_layer, n_head=4, n_embd=64))
+    expected = 0.02 / math.sqrt(2 * n_layer)
+    for block in model.blocks:
+        for proj in (block.attn.proj, block.mlp.proj):
+            assert proj.weight.std().item() == pytest.approx(expected, rel=0.1)
+            assert torch.count_nonzero(proj.bias) == 0
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert block.mlp.fc.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.token_embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.position_embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_no_bias_option_removes_biases():
+    model = tiny_model(bias=False)
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+    logits, _ = model(random_ids(1, 8))
+    assert logits.shape == (1, 8, VOCAB)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_embd=30, n_head=4), "model.n_embd (30) must be divisible by model.n_head (4)"),
+        (dict(n_layer=0), "model.n_layer must be at least 1 (got 0)"),
+        (dict(vocab_size=0), "model.vocab_size must be at least 1 (got 0)"),
+        (dict(block_size=-1), "model.block_size must be at least 1 (got -1)"),
+        (dict(dropout=1.0), "model.dropout must be in [0, 1) (got 1.0)"),
+    ],
+)
+def test_config_validation_messages(overrides, message):
+    config = ModelConfig(**{**dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32), **overrides})
+    assert message in config.validate()
+    with pytest.raises(ValueError) as info:
+        GPT(config)
+    assert message in str(info.value)
+
+
+def test_default_config_is_gpt2_small_and_valid():
+    config = ModelConfig()
+    assert config.validate() == []
+    assert (config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd) == (50257, 1024, 12, 12, 768)
+    assert ModelConfig(**config.to_dict()) == config
+
+
+def test_block_size_overflow_raises():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="17 tokens is longer than block_size 16"):
+        model(random_ids(1, 17))
+    cache = KVCache(model.config.n_layer)
+    with torch.no_grad():
+        model(random_ids(1, 16), cache=cache)
+        with pytest.raises(ValueError, match="longer than block_size"):
+            model(random_ids(1, 1), cache=cache)
+
+
+def test_dropout_is_active_only_in_training_mode():
+    model = tiny_model(dropout=0.5)
+    idx = random_ids(2, 8)
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(idx)[0], model(idx)[0])
+        model.train()
+        torch.manual_seed(0)
+        a = model(idx)[0]
+        torch.manual_seed(1)
+        b = model(idx)[0]
+    assert not torch.allclose(a, b)
+
+
+def test_flops_per_token_formula():
+    model = tiny_model()
+    c = model.config
+    assert model.flops_per_token() == 6 * model.num_params(False) + 12 * c.n_layer * c.n_embd * c.block_size
