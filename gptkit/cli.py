@@ -29,8 +29,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="gptkit",
-    help="From raw text to a trained, sampled GPT.\n\n"
-    "A typical first run: gptkit prepare shakespeare && gptkit train && gptkit sample",
+    help="From raw text to a trained, sampled GPT.",
+    epilog="Example, the whole pipeline:\n\n  gptkit prepare shakespeare && gptkit train && gptkit sample",
     context_settings=CONTEXT,
     no_args_is_help=True,
     add_completion=False,
@@ -39,6 +39,7 @@ app = typer.Typer(
 )
 prepare_app = typer.Typer(
     help="Turn raw text into token shards that `train` reads.",
+    epilog="Examples:\n\n  gptkit prepare shakespeare\n\n  gptkit prepare text notes/ --out data/notes",
     context_settings=CONTEXT,
     no_args_is_help=True,
 )
@@ -162,6 +163,12 @@ def train(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="Context length in tokens.", rich_help_panel="Model"),
     dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout probability.", rich_help_panel="Model"),
     bias: Optional[bool] = typer.Option(None, "--bias/--no-bias", help="Biases in Linear and LayerNorm.", rich_help_panel="Model"),
+    position: Optional[str] = typer.Option(None, "--position", help="learned | rope.", rich_help_panel="Model"),
+    norm: Optional[str] = typer.Option(None, "--norm", help="layernorm | rmsnorm.", rich_help_panel="Model"),
+    mlp: Optional[str] = typer.Option(None, "--mlp", help="gelu | relu2 | swiglu.", rich_help_panel="Model"),
+    tie_embeddings: Optional[bool] = typer.Option(
+        None, "--tie-embeddings/--untie-embeddings", help="Output layer shares the token embedding.", rich_help_panel="Model"
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if --out holds a run."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (TOML) and exit."),
@@ -186,7 +193,10 @@ def train(
     }
     model_overrides = {
         k: v
-        for k, v in dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, bias=bias).items()
+        for k, v in dict(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, bias=bias,
+            position=position, norm=norm, mlp=mlp, tie_embeddings=tie_embeddings,
+        ).items()
         if v is not None
     }
     if resume:
@@ -272,7 +282,7 @@ def sample(
     num_samples: int = typer.Option(1, "--num-samples", "-n", min=1, help="How many samples."),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Tokens to generate per sample."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0 = greedy; <1 safer, >1 wilder."),
-    top_k: Optional[int] = typer.Option(200, "--top-k", min=1, help="Sample only among the k likeliest tokens."),
+    top_k: int = typer.Option(200, "--top-k", min=0, help="Sample only among the k likeliest tokens (0: all)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same text."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
     echo: bool = typer.Option(True, "--echo/--no-echo", help="Print the prompt before its continuation."),
@@ -292,10 +302,10 @@ def sample(
         from gptkit.sources import read_text_file
 
         prompt = read_text_file(prompt_file)
-    elif prompt is None and not sys.stdin.isatty():
+    elif prompt is None and sys.stdin is not None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     for index, (prompt_text, pieces) in enumerate(
-        sample_texts(ckpt, prompt, num_samples, max_new_tokens, temperature, top_k, seed, device, stop_at_eot)
+        sample_texts(ckpt, prompt, num_samples, max_new_tokens, temperature, top_k or None, seed, device, stop_at_eot)
     ):
         if as_json:
             _emit_json({"sample": index, "prompt": prompt_text, "completion": "".join(pieces)})

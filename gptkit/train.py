@@ -241,6 +241,12 @@ def train(
     def evaluate_and_save(step: int) -> tuple[float, float]:
         train_loss = estimate_loss(forward, train_split, cfg, model_config.block_size, runtime)
         val_loss = estimate_loss(forward, val_split, cfg, model_config.block_size, runtime)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):  # never save a diverged model
+            raise GptkitError(
+                f"the evaluation loss became {val_loss if math.isfinite(train_loss) else train_loss} at step {step}; "
+                "stopped without saving this model",
+                hint="lower --learning-rate, keep --grad-clip on, or resume from the last checkpoint",
+            )
         is_best = save(step, train_loss, val_loss)
         metrics.write({"step": step, "train_loss": train_loss, "val_loss": val_loss})
         monitor.evaluation({"step": step, "train_loss": train_loss, "val_loss": val_loss, "best": is_best})

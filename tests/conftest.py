@@ -58,6 +58,16 @@ def shakespeare_file() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def shakespeare_data(tmp_path_factory, shakespeare_file) -> Path:
+    """tiny Shakespeare prepared with the char tokenizer (read-only: don't modify it)."""
+    from gptkit.prepare import prepare_shakespeare
+
+    out = tmp_path_factory.mktemp("shakespeare") / "data"
+    prepare_shakespeare(out, "char", source=shakespeare_file)
+    return out
+
+
 def make_corpus(num_chars: int = 30_000, seed: int = 0) -> str:
     """Deterministic pseudo-English: lines of words drawn from a small vocabulary, ASCII only."""
     rng = random.Random(seed)
@@ -101,10 +111,12 @@ def tiny_data(tmp_path_factory, small_corpus) -> Path:
     return out
 
 
-def tiny_configs(data: Path, out: Path, **train_overrides):
+def tiny_configs(data: Path, out: Path, model: dict | None = None, **train_overrides):
+    """(ModelConfig, TrainConfig) of the tiny model, with `model` and train settings on top."""
     from gptkit.config import resolve_config
 
-    return resolve_config(None, None, dict(TINY_MODEL), {**TINY_TRAIN, "data": str(data), "out": str(out), **train_overrides})
+    train = {**TINY_TRAIN, "data": str(data), "out": str(out), **train_overrides}
+    return resolve_config(None, None, {**TINY_MODEL, **(model or {})}, train)
 
 
 @dataclass

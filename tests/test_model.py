@@ -181,3 +181,66 @@ def test_flops_per_token_formula():
     model = tiny_model()
     c = model.config
     assert model.flops_per_token() == 6 * model.num_params(False) + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+# --- swappable components (position / norm / mlp / tie_embeddings) -------------------------------------
+
+VARIANTS = {
+    "rope": dict(position="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "relu2": dict(mlp="relu2"),
+    "swiglu": dict(mlp="swiglu"),
+    "untied": dict(tie_embeddings=False),
+    "all-modern": dict(position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False, bias=False),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_are_causal_cache_exact_and_start_uniform(variant):
+    model = tiny_model(**VARIANTS[variant])
+    idx = random_ids(2, 16)
+    with torch.no_grad():
+        full, loss = model(idx, targets=random_ids(2, 16, seed=9))
+        changed = idx.clone()
+        changed[:, 10:] = (changed[:, 10:] + 1) % VOCAB
+        torch.testing.assert_close(model(changed)[0][:, :10], full[:, :10], rtol=0, atol=1e-6)
+        cache = KVCache(model.config.n_layer)
+        pieces = [model(idx[:, :3], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(3, 16)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert loss.item() == pytest.approx(math.log(VOCAB), abs=0.15)
+
+
+def test_rope_has_no_position_embedding_and_sees_order():
+    model = tiny_model(position="rope")
+    assert model.position_embedding is None
+    assert not any("position" in name for name, _ in model.named_parameters())
+    assert not any("cos" in k or "sin" in k for k in model.state_dict())  # rebuilt, not saved
+    idx = random_ids(1, 8)
+    with torch.no_grad():
+        a = model(idx)[0][0, -1]
+        swapped = idx.clone()  # the same tokens, two of them in swapped places
+        swapped[0, [0, 5]] = swapped[0, [5, 0]]
+        c = model(swapped)[0][0, -1]
+    assert not torch.allclose(a, c)  # order matters even without a position table
+
+
+def test_untied_model_has_its_own_output_matrix():
+    model = tiny_model(tie_embeddings=False)
+    assert model.lm_head is not None and model.lm_head.weight.shape == (VOCAB, 32)
+    assert model.lm_head.weight.data_ptr() != model.token_embedding.weight.data_ptr()
+    tied = tiny_model()
+    assert model.num_params() == tied.num_params() + VOCAB * 32
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(position="alibi"), "model.position must be one of learned, rope (got 'alibi')"),
+        (dict(norm="batchnorm"), "model.norm must be one of layernorm, rmsnorm (got 'batchnorm')"),
+        (dict(mlp="gelu2"), "model.mlp must be one of gelu, relu2, swiglu (got 'gelu2')"),
+        (dict(position="rope", n_embd=30, n_head=2), "model.position = rope needs an even head size"),
+    ],
+)
+def test_component_validation(overrides, message):
+    config = ModelConfig(**{**dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32), **overrides})
+    assert any(message in p for p in config.validate())

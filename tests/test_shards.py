@@ -252,3 +252,25 @@ def test_check_fits(three_shard_split):
     with pytest.raises(GptkitError, match="no shard longer than the context \\(50 tokens\\); its longest has 50") as info:
         three_shard_split.check_fits(50)
     assert "--block-size" in info.value.hint
+
+
+# --- properties ------------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([np.uint16, np.uint32]).flatmap(
+    lambda dt: st.lists(st.integers(0, int(np.iinfo(dt).max)), max_size=300).map(lambda xs: np.array(xs, dtype=dt))
+))
+def test_round_trip_property(tokens):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s.bin"
+        write_shard(path, tokens)
+        back = read_shard(path)
+        assert back.dtype == tokens.dtype and np.array_equal(back, tokens)
+        del back  # release the memory map before the folder goes

@@ -113,7 +113,7 @@ def test_char_spec_round_trip_and_save(tmp_path, small_corpus):
 
 @pytest.mark.parametrize(
     "spec",
-    [{}, {"kind": "bpe", "merges": []}, {"kind": "char"}, {"kind": "char", "chars": 5}, {"kind": "tiktoken"}, "char", None],
+    [{}, {"kind": "no-such-kind", "merges": []}, {"kind": "char"}, {"kind": "char", "chars": 5}, {"kind": "tiktoken"}, "char", None],
 )
 def test_bad_spec_is_a_clear_error(spec):
     with pytest.raises(GptkitError, match="unrecognised tokenizer spec") as info:
@@ -165,3 +165,16 @@ def test_gpt2_offline_and_uncached_is_a_clear_error(tmp_path, monkeypatch):
 def test_unknown_tiktoken_encoding_in_spec():
     with pytest.raises(GptkitError, match="unknown tiktoken encoding 'nope'"):
         tokenizer_from_spec({"kind": "tiktoken", "encoding": "nope"})
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=200))
+def test_char_round_trip_property(text):
+    tok = CharTokenizer.train(text)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and len(ids) == len(text)
+    assert tokenizer_from_spec(json.loads(json.dumps(tok.spec()))).encode(text) == ids
