@@ -164,7 +164,11 @@ def prepare_text(
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
     """Prepare the user's own UTF-8 text files (folders are searched recursively); one document per file."""
-    files = collect_text_files(paths)
+    out_dir = Path(out).resolve()
+    # A data folder inside an input folder (`prepare text notes/ --out notes/data`) is output, not input.
+    files = [f for f in collect_text_files(paths) if out_dir not in f.resolve().parents]
+    if not files:
+        raise GptkitError("no input files left once the output folder is set aside")
     docs = [Document(str(f), read_text_file(f)) for f in files]
     log(f"source: {len(files)} file(s), {sum(len(d.text) for d in docs):,} characters")
     return prepare_documents(docs, out, tokenizer, val_fraction, _file_source("text", files), log=log)

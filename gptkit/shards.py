@@ -141,9 +141,12 @@ def read_meta(data_dir: str | Path) -> dict:
         raise GptkitError(f"{path} is not valid JSON ({e})", hint=hint) from None
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise GptkitError(f"{path} is not a gptkit meta.json", hint=hint)
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > META_VERSION:
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise GptkitError(f"{path} has an invalid format_version {version!r} (expected a whole number)", hint=hint)
+    if version > META_VERSION:
         raise GptkitError(
-            f"{path} has format version {meta.get('format_version')}; this gptkit reads up to {META_VERSION}",
+            f"{path} has format version {version}, newer than this gptkit reads (up to {META_VERSION})",
             hint="upgrade gptkit",
         )
     for key in ("tokenizer", "vocab_size", "splits"):

@@ -272,3 +272,16 @@ def test_unknown_tokenizer(tmp_path, text_tree):
     with pytest.raises(UsageError, match="unknown tokenizer 'bpe-9000'"):
         prepare_text([text_tree / "c.txt"], tmp_path / "data", "bpe-9000")
     assert not (tmp_path / "data").exists()
+
+
+def test_prepare_text_skips_its_own_output_folder_inside_an_input_folder(tmp_path):
+    """`prepare text notes/ --out notes/data` twice: the second run must not read its own shards as input."""
+    from gptkit.prepare import prepare_text
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("hello world, " * 200, encoding="utf-8")
+    first = prepare_text([notes], notes / "data")
+    second = prepare_text([notes], notes / "data")
+    assert [f["path"] for f in second["source"]["files"]] == [str(notes / "a.txt")]
+    assert second["splits"] == first["splits"]

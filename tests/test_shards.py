@@ -160,8 +160,8 @@ def test_meta_missing_folder_and_file(tmp_path):
         (b"\xff\xfe\x00", "is not valid JSON"),
         ('["a list"]', "is not a gptkit meta.json"),
         ('{"format": "something.else", "format_version": 1}', "is not a gptkit meta.json"),
-        ('{"format": "gptkit.data", "format_version": 2}', "has format version 2; this gptkit reads up to 1"),
-        ('{"format": "gptkit.data", "format_version": "1"}', "has format version"),  # a string, not an int
+        ('{"format": "gptkit.data", "format_version": 2}', "has format version 2, newer than this gptkit reads"),
+        ('{"format": "gptkit.data", "format_version": "1"}', "invalid format_version"),  # a string, not an int
         ('{"format": "gptkit.data", "format_version": 1, "vocab_size": 3, "splits": {}}', "lacks the field 'tokenizer'"),
     ],
 )

@@ -157,7 +157,7 @@ def test_gpt2_offline_and_uncached_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget encodings loaded earlier
     monkeypatch.setattr(tiktoken.load, "read_file", offline)
-    with pytest.raises(GptkitError, match="not cached and downloading failed") as info:
+    with pytest.raises(GptkitError, match="not cached and downloading") as info:
         build_tokenizer("gpt2")
     assert "TIKTOKEN_CACHE_DIR" in info.value.hint and "--tokenizer char" in info.value.hint
 

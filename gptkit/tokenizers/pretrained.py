@@ -15,14 +15,14 @@ PRETRAINED = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 def load_tiktoken_encoding(name: str):
     import tiktoken
 
+    if name not in PRETRAINED:
+        raise GptkitError(f"unknown tiktoken encoding {name!r}", hint=f"choose one of {', '.join(PRETRAINED)}")
     try:
         return tiktoken.get_encoding(name)
-    except ValueError as e:
-        raise GptkitError(f"unknown tiktoken encoding {name!r}", hint=f"choose one of {', '.join(PRETRAINED)}") from e
     except Exception as e:  # network errors come from requests/urllib, whose types vary by version
         raise GptkitError(
-            f"could not load tiktoken's {name!r} encoding: its files are not cached and downloading failed "
-            f"({type(e).__name__})",
+            f"could not load tiktoken's {name!r} encoding: its files are not cached and downloading (or "
+            f"verifying) them failed ({type(e).__name__}: {str(e)[:80]})",
             hint="connect once so tiktoken can cache them, or point TIKTOKEN_CACHE_DIR at a folder holding "
             "them, or use --tokenizer char",
         ) from e
