@@ -129,10 +129,12 @@ class Checkpoint:
             )
 
 
-def _describe_tokenizer(spec: dict) -> str:
-    kind = spec.get("kind", "?") if isinstance(spec, dict) else "?"
+def _describe_tokenizer(spec) -> str:
+    """'char, 65 characters' or 'tiktoken, gpt2': enough to see how two tokenizers differ."""
+    if not isinstance(spec, dict):
+        return "unknown"
     detail = spec.get("encoding") or (f"{len(spec['chars'])} characters" if isinstance(spec.get("chars"), str) else None)
-    return f"{kind}, {detail}" if detail else str(kind)
+    return f"{spec.get('kind', '?')}, {detail}" if detail else str(spec.get("kind", "?"))
 
 
 def save_checkpoint(

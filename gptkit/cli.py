@@ -372,8 +372,10 @@ def main(argv: list[str] | None = None) -> None:
         code = result if isinstance(result, int) else 0
     except typer.Exit as e:
         code = e.exit_code
-    except ParserError as e:  # bad usage found by the parser: exit code 2
-        e.show()
+    except ParserError as e:  # bad usage found by the parser: exit code 2, one line like every error
+        ctx = getattr(e, "ctx", None)
+        if e.format_message():  # empty when the parser already printed the help (no arguments given)
+            _print_error(UsageError(e.format_message(), hint=f"see `{ctx.command_path if ctx else 'gptkit'} --help`"))
         code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted.")
