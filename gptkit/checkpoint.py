@@ -190,8 +190,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise with_last_good(e) from None
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
+def read_checkpoint(path: str | Path) -> Checkpoint:
     """load_checkpoint without the search for a last good checkpoint when the file is damaged."""
+    path = Path(path)
     tensors, metadata = _open(path, "checkpoint")
     _check_format(path, metadata, CHECKPOINT_FORMAT)
     expected = metadata.get("checksum", "").removeprefix("sha256:")

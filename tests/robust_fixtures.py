@@ -154,3 +154,20 @@ def gptkit_process(argv: list[str], **kwargs) -> subprocess.Popen:
         [sys.executable, "-m", "gptkit", *map(str, argv)], cwd=REPO, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
     )
+
+
+def scale_training_loss(monkeypatch, factors: dict[int, float]) -> None:
+    """Multiply the training loss of the given steps (1-based, one micro-batch per step) by a factor:
+    nan or inf to make the step's loss and gradients non-finite, 4.0 for a spike."""
+    from gptkit.model import GPT
+
+    original, calls = GPT.forward, [0]
+
+    def forward(self, idx, targets=None, cache=None):
+        logits, loss = original(self, idx, targets, cache)
+        if self.training and targets is not None:
+            calls[0] += 1
+            loss = loss * factors.get(calls[0], 1.0)
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)

@@ -17,6 +17,7 @@ from robust_fixtures import (  # noqa: F401  (fixtures are used by name)
     loss_curve,
     records,
     same_weights,
+    scale_training_loss,
     tiny_configs,
     tiny_data,
     tiny_toml,
@@ -175,21 +176,8 @@ def test_stale_temporary_files_are_cleared_on_resume(finished_run, tiny_data, ti
 
 @pytest.fixture
 def bad_forward(monkeypatch):
-    """bad_forward({step: factor}) multiplies the training loss of those steps (1-based) by factor."""
-
-    def install(factors: dict[int, float]):
-        original, calls = GPT.forward, [0]
-
-        def forward(self, idx, targets=None, cache=None):
-            logits, loss = original(self, idx, targets, cache)
-            if self.training and targets is not None:
-                calls[0] += 1
-                loss = loss * factors.get(calls[0], 1.0)
-            return logits, loss
-
-        monkeypatch.setattr(GPT, "forward", forward)
-
-    return install
+    """bad_forward({step: factor}) multiplies the training loss of those steps by factor."""
+    return lambda factors: scale_training_loss(monkeypatch, factors)
 
 
 def optimizer_updates(out) -> int:

@@ -28,15 +28,15 @@ from robust_fixtures import (  # noqa: F401  (fixtures are used by name)
     baseline,
     leftovers,
     run_cli,
+    scale_training_loss,
     snapshot,
     tiny_data,
     tiny_toml,
 )
 
 from gptkit.checkpoint import load_checkpoint, peek_checkpoint
-from gptkit.model import GPT
 from gptkit.run_folder import CKPT_NAME, saved_steps, step_paths
-from gptkit.shards import MAGIC_UINT16, write_shard
+from gptkit.shards import write_shard
 
 
 @dataclass
@@ -148,20 +148,7 @@ def disk_full_for(name_part: str):
 
 
 def nan_loss_at(step: int):
-    def setup(env, monkeypatch):
-        original, calls = GPT.forward, [0]
-
-        def forward(self, idx, targets=None, cache=None):
-            logits, loss = original(self, idx, targets, cache)
-            if self.training and targets is not None:
-                calls[0] += 1
-                if calls[0] == step:
-                    loss = loss * float("nan")
-            return logits, loss
-
-        monkeypatch.setattr(GPT, "forward", forward)
-
-    return setup
+    return lambda env, monkeypatch: scale_training_loss(monkeypatch, {step: float("nan")})
 
 
 def hide_module(name: str):
