@@ -94,9 +94,15 @@ def test_cli_prints_the_table_or_json_on_stdout(baseline, second_run, tmp_path, 
     assert stdout.splitlines()[0].startswith("| run | steps | best val loss |")
     assert markdown_table([load_run(baseline), load_run(second_run)]) + "\n" == stdout
 
-    code, stdout, _ = run_cli(["report", baseline, "--json", "--png", tmp_path / "loss.png"], capsys)
+    code, stdout, _ = run_cli(["report", baseline, "--json", "--no-plot"], capsys)
     assert code == 0
     (summary,) = json.loads(stdout)
     assert summary["best_val_loss"] == min(val_curve(baseline).values()) and summary["last_step"] == 30
-    if (tmp_path / "loss.png").exists() or pytest.importorskip("matplotlib"):
-        assert (tmp_path / "loss.png").is_file()
+
+
+def test_cli_draws_the_png_where_asked(baseline, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    code, stdout, stderr = run_cli(["report", baseline, "--png", tmp_path / "loss.png"], capsys)
+    assert code == 0 and stdout.startswith("| run |")
+    assert f"loss curves: {tmp_path / 'loss.png'}" in stderr
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
