@@ -250,11 +250,11 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Loss, perplexity and bits per byte of a checkpoint over a whole data split."""
-    from gptkit.checkpoint import load_checkpoint
+    from gptkit.checkpoint import peek_checkpoint
     from gptkit.evaluate import evaluate
 
-    if data is None:
-        saved = load_checkpoint(ckpt).train_config.get("data")
+    if data is None:  # the header says where the model trained; evaluate() verifies the weights
+        saved = peek_checkpoint(ckpt).train_config.get("data")
         if not saved:
             raise UsageError("the checkpoint does not record its data folder", hint="pass --data DIR")
         data = Path(saved)
