@@ -4,11 +4,16 @@
                               format, format_version, gptkit_version,
                               model_config (JSON), tokenizer (JSON spec), train_config (JSON),
                               step, train_loss, val_loss, checksum (sha256 of the weights)
-    resume.safetensors    what `train --resume` needs on top: optimizer moments, RNG states, the
-                          batch sampler's position, the best val loss so far (tensors + JSON metadata)
+    *.resume.safetensors  what `train --resume` needs on top: optimizer moments, RNG states, the
+                          batch sampler's position, the best val loss so far (tensors + JSON metadata,
+                          a checksum over both, and the checksum of the checkpoint it belongs to)
 
 safetensors, not pickle: opening a checkpoint from a stranger cannot run code. Every write is atomic
-(see fileio.py), and loading verifies the checksum, so a damaged file is reported, never half-used.
+(see fileio.py), and loading verifies the checksum, so a damaged file is reported, never half-used;
+the error names the last good checkpoint next to the damaged one.
+
+How a training run's folder keeps several of these files (the last K steps, the best, which one to
+resume) is run_folder.py's business.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ def weights_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def state_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 over the tensors (as weights_checksum) and every metadata field but the checksum itself."""
+    h = hashlib.sha256(weights_checksum(tensors).encode())
+    for key in sorted(k for k in metadata if k != "checksum"):
+        h.update(f"{key}={metadata[key]}\n".encode())
+    return h.hexdigest()
+
+
 def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     from safetensors.torch import save
 
@@ -59,12 +72,17 @@ def _open(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise GptkitError(
-            f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]})",
-            hint="the file is truncated or not a gptkit checkpoint; use an earlier checkpoint (best.safetensors) "
-            "or train again",
-        ) from None
+        raise DamagedFile(path, f"is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
     return tensors, metadata
+
+
+class DamagedFile(GptkitError):
+    """A checkpoint or resume state that is truncated or corrupted. The hint names the last good
+    checkpoint, which callers fill in (see with_last_good) because only they know where to look."""
+
+    def __init__(self, path: Path, problem: str, hint: str | None = None):
+        super().__init__(f"{path} {problem}", hint=hint or "the file is truncated or corrupted; use an earlier checkpoint or train again")
+        self.path = path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,6 +113,29 @@ class Checkpoint:
 
         return tokenizer_from_spec(self.tokenizer_spec)
 
+    def check_data(self, meta: dict, data: str | Path, source: str | Path) -> None:
+        """Refuse a data folder (its meta.json) tokenized differently from this checkpoint (`source`)."""
+        if meta["tokenizer"] != self.tokenizer_spec:
+            raise GptkitError(
+                f"the data in {data} was tokenized differently ({_describe_tokenizer(meta['tokenizer'])}) "
+                f"from the model in {source} ({_describe_tokenizer(self.tokenizer_spec)})",
+                hint="use the data folder the model was trained on, or prepare your text with the model's tokenizer",
+            )
+        if meta["vocab_size"] != self.model_config.vocab_size:
+            raise GptkitError(
+                f"the data in {data} has a vocabulary of {meta['vocab_size']:,} tokens but the model in {source} "
+                f"has {self.model_config.vocab_size:,}",
+                hint="the data folder's meta.json does not match its tokenizer; prepare the data again",
+            )
+
+
+def _describe_tokenizer(spec) -> str:
+    """'char, 65 characters' or 'tiktoken, gpt2': enough to see how two tokenizers differ."""
+    if not isinstance(spec, dict):
+        return "unknown"
+    detail = spec.get("encoding") or (f"{len(spec['chars'])} characters" if isinstance(spec.get("chars"), str) else None)
+    return f"{spec.get('kind', '?')}, {detail}" if detail else str(spec.get("kind", "?"))
+
 
 def save_checkpoint(
     path: str | Path,
@@ -104,7 +145,8 @@ def save_checkpoint(
     train_loss: float | None = None,
     val_loss: float | None = None,
     train_config: dict | None = None,
-) -> None:
+) -> str:
+    """Write the checkpoint atomically; returns its checksum ("sha256:...")."""
     tensors = {k: v for k, v in model.state_dict().items()}
     metadata = {
         "format": CHECKPOINT_FORMAT,
@@ -119,6 +161,7 @@ def save_checkpoint(
         "checksum": "sha256:" + weights_checksum(tensors),
     }
     atomic_write_bytes(path, _serialize(tensors, metadata))
+    return metadata["checksum"]
 
 
 def _check_format(path: Path, metadata: dict, expected: str) -> None:
@@ -136,20 +179,32 @@ def _check_format(path: Path, metadata: dict, expected: str) -> None:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and verify a checkpoint (checksum, format version, metadata)."""
+    """Load and verify a checkpoint (checksum, format version, metadata). A damaged file raises a
+    GptkitError whose hint names the last good checkpoint of the same run, when there is one."""
+    path = Path(path)
+    try:
+        return read_checkpoint(path)
+    except DamagedFile as e:
+        from gptkit.run_folder import with_last_good  # only on the error path: the layout lives there
+
+        raise with_last_good(e) from None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """load_checkpoint without the search for a last good checkpoint when the file is damaged."""
     path = Path(path)
     tensors, metadata = _open(path, "checkpoint")
     _check_format(path, metadata, CHECKPOINT_FORMAT)
     expected = metadata.get("checksum", "").removeprefix("sha256:")
     if weights_checksum(tensors) != expected:
-        raise GptkitError(
-            f"{path} is corrupted: its weights do not match the checksum stored with them",
-            hint="use an earlier checkpoint (best.safetensors) or train again",
-        )
+        raise DamagedFile(path, "is corrupted: its weights do not match the checksum stored with them")
+    return _checkpoint_from(path, metadata, tensors)
+
+
+def _checkpoint_from(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Checkpoint:
     try:
-        model_config = ModelConfig(**json.loads(metadata["model_config"]))
-        checkpoint = Checkpoint(
-            model_config=model_config,
+        return Checkpoint(
+            model_config=ModelConfig(**json.loads(metadata["model_config"])),
             tokenizer_spec=json.loads(metadata["tokenizer"]),
             state_dict=tensors,
             step=int(metadata["step"]),
@@ -159,8 +214,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             gptkit_version=metadata.get("gptkit_version", "?"),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise GptkitError(f"{path} has damaged metadata ({type(e).__name__}: {e})") from None
-    return checkpoint
+        raise DamagedFile(path, f"has damaged metadata ({type(e).__name__}: {e})") from None
+
+
+def peek_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint's metadata alone (its state_dict is empty): reads the small header, not the
+    weights, so it is instant but verifies nothing beyond the header."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise GptkitError(f"checkpoint {path} does not exist", hint="train one with `gptkit train`, or check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
+        raise DamagedFile(path, f"is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    _check_format(path, metadata, CHECKPOINT_FORMAT)
+    return _checkpoint_from(path, metadata, {})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,8 +267,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 
 
 def save_resume_state(path: str | Path, optimizer, step: int, rng: dict[str, torch.Tensor], extra: dict) -> None:
+    """`rng`: named generator states (uint8 tensors); `extra`: anything JSON (best val loss, the
+    grad scaler, the python/numpy RNGs, the checksum of the checkpoint this state belongs to)."""
     tensors, optimizer_info = _flatten_optimizer(optimizer.state_dict())
     tensors.update({f"rng.{name}": state for name, state in rng.items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
         "format": RESUME_FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -206,17 +280,21 @@ def save_resume_state(path: str | Path, optimizer, step: int, rng: dict[str, tor
         "optimizer": json.dumps(optimizer_info),
         "extra": json.dumps(extra),
     }
+    metadata["checksum"] = "sha256:" + state_checksum(tensors, metadata)
     atomic_write_bytes(path, _serialize(tensors, metadata))
 
 
 def load_resume_state(path: str | Path) -> tuple[dict, int, dict[str, torch.Tensor], dict]:
-    """Returns (optimizer state_dict, step, rng states, extra)."""
+    """Returns (optimizer state_dict, step, rng states, extra), after verifying the checksum."""
     path = Path(path)
     tensors, metadata = _open(path, "resume state")
     _check_format(path, metadata, RESUME_FORMAT)
+    expected = metadata.get("checksum")
+    if expected is not None and expected.removeprefix("sha256:") != state_checksum(tensors, metadata):
+        raise DamagedFile(path, "is corrupted: its contents do not match the checksum stored with them")
     try:
         optimizer_state = _unflatten_optimizer(tensors, json.loads(metadata["optimizer"]))
         rng = {name.removeprefix("rng."): t for name, t in tensors.items() if name.startswith("rng.")}
         return optimizer_state, int(metadata["step"]), rng, json.loads(metadata.get("extra", "{}"))
     except (KeyError, TypeError, ValueError) as e:
-        raise GptkitError(f"{path} has damaged metadata ({type(e).__name__}: {e})") from None
+        raise DamagedFile(path, f"has damaged metadata ({type(e).__name__}: {e})") from None

@@ -157,6 +157,11 @@ def train(
     beta2: Optional[float] = typer.Option(None, "--beta2", help="AdamW beta2."),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: off)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="Saved steps to keep (the best is kept besides).  [default: 3]", rich_help_panel="Robustness and monitoring"),
+    on_bad_loss: Optional[str] = typer.Option(None, "--on-bad-loss", help="A NaN/inf or spiking loss: skip the update, or stop.  [default: skip]", rich_help_panel="Robustness and monitoring"),
+    loss_spike_factor: Optional[float] = typer.Option(None, "--loss-spike-factor", help="A loss above this times the recent mean is a spike (0: off).  [default: 3]", rich_help_panel="Robustness and monitoring"),
+    max_bad_steps: Optional[int] = typer.Option(None, "--max-bad-steps", help="Stop after this many bad steps in a row.  [default: 10]", rich_help_panel="Robustness and monitoring"),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also write TensorBoard logs to OUT/tensorboard (pip install 'gptkit[tensorboard]').", rich_help_panel="Robustness and monitoring"),
     n_layer: Optional[int] = typer.Option(None, "--n-layer", help="Transformer blocks.", rich_help_panel="Model"),
     n_head: Optional[int] = typer.Option(None, "--n-head", help="Attention heads per block.", rich_help_panel="Model"),
     n_embd: Optional[int] = typer.Option(None, "--n-embd", help="Embedding width.", rich_help_panel="Model"),
@@ -169,7 +174,8 @@ def train(
     tie_embeddings: Optional[bool] = typer.Option(
         None, "--tie-embeddings/--untie-embeddings", help="Output layer shares the token embedding.", rich_help_panel="Model"
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out from its newest saved step."),
+    resume_from: Optional[int] = typer.Option(None, "--resume-from", help="Continue the run in --out from this saved step (later ones are redone).", metavar="STEP"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if --out holds a run."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (TOML) and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -187,7 +193,9 @@ def train(
             max_iters=max_iters, eval_interval=eval_interval, eval_iters=eval_iters, log_interval=log_interval,
             seed=seed, batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate, min_lr=min_lr,
             warmup_iters=warmup_iters, lr_decay_iters=lr_decay_iters, weight_decay=weight_decay, beta1=beta1,
-            beta2=beta2, grad_clip=grad_clip, compile=compile,
+            beta2=beta2, grad_clip=grad_clip, compile=compile, keep_checkpoints=keep_checkpoints,
+            on_bad_loss=on_bad_loss, loss_spike_factor=loss_spike_factor, max_bad_steps=max_bad_steps,
+            tensorboard=tensorboard,
         ).items()
         if v is not None
     }
@@ -199,22 +207,26 @@ def train(
         ).items()
         if v is not None
     }
+    resume = resume or resume_from is not None
     if resume:
         if model_overrides or preset or config:
             raise UsageError("--resume continues a run with its saved config; model options, --preset and --config don't apply")
-        model_config, train_config = resume_config(out or Path("out"), train_overrides)
+        model_config, train_config = resume_config(out or Path("out"), train_overrides, resume_from)
     else:
         if preset is None and config is None:
             preset = "shakespeare-char" if resolve_device(device or "auto").type == "cuda" else DEFAULT_PRESET
-        model_config, train_config = resolve_config(preset, config, model_overrides, train_overrides)
+        # Values are checked by train(), together with the data and the run folder: all problems at once.
+        model_config, train_config = resolve_config(preset, config, model_overrides, train_overrides, check=print_config)
     if print_config:
         print(to_toml(model_config, train_config), end="")
         return
 
-    monitor = RichMonitor(err) if err.is_terminal else PlainMonitor()
+    monitor = RichMonitor(err, title=f"gptkit train → {train_config.out}") if err.is_terminal else PlainMonitor()
     where = f"resuming {train_config.out}" if resume else f"preset {preset}" if preset else f"config {config}"
     _log(f"gptkit {__version__} train ({where}) | data {train_config.data} -> {train_config.out}")
-    result = run_training(model_config, train_config, resume=resume, overwrite=overwrite, monitor=monitor)
+    result = run_training(
+        model_config, train_config, resume=resume, overwrite=overwrite, resume_from=resume_from, monitor=monitor
+    )
     ckpt = result.out / "ckpt.safetensors"
     _log(
         f"done: step {result.step}, val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}), "
@@ -248,11 +260,11 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Loss, perplexity and bits per byte of a checkpoint over a whole data split."""
-    from gptkit.checkpoint import load_checkpoint
+    from gptkit.checkpoint import peek_checkpoint
     from gptkit.evaluate import evaluate
 
-    if data is None:
-        saved = load_checkpoint(ckpt).train_config.get("data")
+    if data is None:  # the header says where the model trained; evaluate() verifies the weights
+        saved = peek_checkpoint(ckpt).train_config.get("data")
         if not saved:
             raise UsageError("the checkpoint does not record its data folder", hint="pass --data DIR")
         data = Path(saved)
@@ -322,13 +334,44 @@ def sample(
 
 
 # ---------------------------------------------------------------------------------------------------
+# report
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  gptkit report out/baseline\n\n"
+    "  gptkit report out/lr-1e-3 out/lr-3e-3 --png compare.png > compare.md",
+)
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders written by `gptkit train`."),
+    png: Path = typer.Option(Path("loss.png"), "--png", help="Where to draw the loss curves."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw the PNG (needs matplotlib: pip install 'gptkit[report]')."),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs' summaries as JSON instead of markdown."),
+) -> None:
+    """Compare training runs: loss curves as a PNG, a markdown table (config differences, best val
+    loss, tokens/s, wall time) on stdout."""
+    from gptkit.report import report as make_report
+
+    result = make_report(runs, png if plot else None)
+    if result.png is not None:
+        _log(f"loss curves: {result.png}")
+    if as_json:
+        _emit_json(result.summaries)
+    else:
+        print(result.markdown)
+
+
+# ---------------------------------------------------------------------------------------------------
 # entry point
 
 
 def _print_error(error: GptkitError) -> None:
-    err.print(f"[bold red]Error:[/] {error.message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # messages may hold [brackets]: print them, don't parse them
+
+    label = "[bold yellow]Interrupted:[/]" if getattr(error, "signum", None) else "[bold red]Error:[/]"
+    err.print(f"{label} {escape(error.message)}", highlight=False, soft_wrap=True)
     if error.hint:
-        err.print(f"[dim]Hint:[/] {error.hint}", highlight=False, soft_wrap=True)
+        err.print(f"[dim]Hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,8 +382,10 @@ def main(argv: list[str] | None = None) -> None:
         code = result if isinstance(result, int) else 0
     except typer.Exit as e:
         code = e.exit_code
-    except ParserError as e:  # bad usage found by the parser: exit code 2
-        e.show()
+    except ParserError as e:  # bad usage found by the parser: exit code 2, one line like every error
+        ctx = getattr(e, "ctx", None)
+        if e.format_message():  # empty when the parser already printed the help (no arguments given)
+            _print_error(UsageError(e.format_message(), hint=f"see `{ctx.command_path if ctx else 'gptkit'} --help`"))
         code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted.")

@@ -52,14 +52,23 @@ class TrainConfig:
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
     eval_iters: int = 20  # batches per split at each evaluation
     log_interval: int = 10  # steps between progress lines / metrics.jsonl records
+    tensorboard: bool = False  # also write TensorBoard event files into <out>/tensorboard
+    # robustness (docs/robustness.md)
+    keep_checkpoints: int = 3  # saved steps kept in <out>/checkpoints (best.safetensors is kept besides)
+    on_bad_loss: str = "skip"  # a NaN/inf or spiking loss: "skip" that update, or "stop" the run
+    loss_spike_factor: float = 3.0  # a loss above this times the recent mean is a spike; 0 disables
+    max_bad_steps: int = 10  # stop anyway after this many bad steps in a row
 
     def validate(self) -> list[str]:
         problems = []
-        positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval")
+        positive = (
+            "max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval",
+            "keep_checkpoints", "max_bad_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 problems.append(f"train.{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "min_lr"):
+        for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "min_lr", "loss_spike_factor"):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
         if not self.learning_rate > 0:
@@ -69,6 +78,10 @@ class TrainConfig:
                 problems.append(f"train.{name} must be in [0, 1) (got {getattr(self, name)})")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(f"train.dtype must be auto, float32, bfloat16 or float16 (got {self.dtype!r})")
+        if self.on_bad_loss not in ("skip", "stop"):
+            problems.append(f"train.on_bad_loss must be skip or stop (got {self.on_bad_loss!r})")
+        if 0 < self.loss_spike_factor <= 1:
+            problems.append(f"train.loss_spike_factor must be above 1, or 0 to disable (got {self.loss_spike_factor})")
         return problems
 
 
@@ -115,16 +128,15 @@ def _field_names(cls) -> set[str]:
 
 
 def apply_settings(obj, values: dict, where: str):
-    """Return a copy of dataclass `obj` with `values` set, checking names and types."""
+    """Return a copy of dataclass `obj` with `values` set, checking names and types; one UsageError
+    lists every unknown name and every wrong type."""
     names = _field_names(type(obj))
     unknown = sorted(set(values) - names)
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown setting(s) {', '.join(unknown)}",
-            hint=f"known settings: {', '.join(sorted(names))}",
-        )
+    problems = [f"unknown setting(s) {', '.join(unknown)}"] if unknown else []
     checked = {}
     for key, value in values.items():
+        if key in unknown:
+            continue
         default = getattr(obj, key)
         if isinstance(default, bool):
             ok = isinstance(value, bool)
@@ -136,8 +148,13 @@ def apply_settings(obj, values: dict, where: str):
         else:
             ok = isinstance(value, str)
         if not ok:
-            raise UsageError(f"{where}: {key} should be a {type(default).__name__}, got {value!r}")
+            problems.append(f"{key} should be a {type(default).__name__}, got {value!r}")
         checked[key] = value
+    if problems:
+        raise UsageError(
+            f"{where}: {'; '.join(problems)}",
+            hint=f"known settings: {', '.join(sorted(names))}" if unknown else None,
+        )
     return replace(obj, **checked)
 
 
@@ -160,8 +177,12 @@ def resolve_config(
     config_file: str | Path | None = None,
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
+    check: bool = True,
 ) -> tuple[ModelConfig, TrainConfig]:
-    """Build the run's configs from the layers; raises UsageError listing every invalid value."""
+    """Build the run's configs from the layers; raises UsageError listing every invalid value.
+
+    check=False leaves the values' checks to the caller: `train()` checks them together with the
+    data and the run folder, so that one error lists every problem at once."""
     model, train = ModelConfig(), TrainConfig()
     if preset:
         if preset not in PRESETS:
@@ -174,10 +195,15 @@ def resolve_config(
         train = apply_settings(train, data.get("train", {}), str(config_file))
     model = apply_settings(model, model_overrides or {}, "options")
     train = apply_settings(train, train_overrides or {}, "options")
-    problems = [p for p in model.validate() if not p.startswith("model.vocab_size")] + train.validate()
-    if problems:
+    problems = config_problems(model, train)
+    if check and problems:
         raise UsageError("invalid configuration: " + "; ".join(problems))
     return model, train
+
+
+def config_problems(model: ModelConfig, train: TrainConfig) -> list[str]:
+    """Every invalid value of both configs (the vocabulary size comes from the data later)."""
+    return [p for p in model.validate() if not p.startswith("model.vocab_size")] + train.validate()
 
 
 def to_toml(model: ModelConfig, train: TrainConfig) -> str:

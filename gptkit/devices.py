@@ -9,6 +9,7 @@ the matmuls in the lower precision.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +80,34 @@ def resolve_runtime(device_name: str = "auto", dtype_name: str = "auto") -> Runt
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Runtime(device, dtype)
+
+
+# Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets, for MFU (model FLOPs
+# utilisation: the share of the chip's peak that the model's own arithmetic uses). First match wins,
+# so "H100 PCIe" precedes "H100" and "A100" precedes "A10".
+GPU_PEAK_FLOPS = (
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+    ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+)
+
+
+def peak_flops(runtime: Runtime) -> float | None:
+    """The device's peak FLOP/s for the run's precision, when known (a listed GPU under autocast)."""
+    if runtime.device.type != "cuda" or runtime.dtype == torch.float32:
+        return None
+    name = torch.cuda.get_device_name(runtime.device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak memory so far: the CUDA allocator's peak on a GPU, the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    if device.type == "mps":
+        return torch.mps.current_allocated_memory()
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB

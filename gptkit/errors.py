@@ -3,9 +3,15 @@
 Library code raises GptkitError for every mistake a user can make (a missing file, a bad option, a
 corrupted checkpoint). The CLI prints `Error: <message>` and, on the next line, `Hint: <hint>`,
 then exits with code 1. Anything else is a bug and shows a traceback only with GPTKIT_DEBUG=1.
+
+Where several independent things can be wrong at once (a run's config, data and folder; a list of
+input files), Problems collects them and raises one error that names them all, so the user fixes
+everything in one go instead of meeting the problems one run at a time.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 
 class GptkitError(Exception):
@@ -22,3 +28,42 @@ class GptkitError(Exception):
 
 class UsageError(GptkitError):
     """Bad usage (an invalid option value): the CLI exits with code 2, like a parse error."""
+
+
+class Problems:
+    """Collects the GptkitErrors of independent checks, to raise them as one.
+
+        problems = Problems()
+        with problems.check():
+            check_one_thing()
+        with problems.check():
+            check_another()
+        problems.raise_if_any()   # one error: "2 problems: (1) ...; (2) ..."
+    """
+
+    def __init__(self):
+        self.errors: list[GptkitError] = []
+
+    @contextmanager
+    def check(self):
+        """Record a GptkitError raised in the block, and carry on after it."""
+        try:
+            yield
+        except GptkitError as e:
+            self.errors.append(e)
+
+    def raise_if_any(self) -> None:
+        errors = self.errors
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            message = f"{len(errors)} problems: " + _numbered([e.message for e in errors])
+            hint = _numbered([e.hint for e in errors]) or None
+            # Bad usage only when every problem is one (exit code 2); any other makes it a failure (1).
+            kind = UsageError if all(isinstance(e, UsageError) for e in errors) else GptkitError
+            raise kind(message, hint=hint)
+
+
+def _numbered(texts: list[str | None]) -> str:
+    """'(1) a; (3) c': one line, so the CLI prints one Error: line; None entries keep their number."""
+    return "; ".join(f"({i}) {text}" for i, text in enumerate(texts, 1) if text)

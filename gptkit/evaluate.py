@@ -18,7 +18,6 @@ import torch
 
 from gptkit.checkpoint import load_checkpoint
 from gptkit.devices import resolve_runtime
-from gptkit.errors import GptkitError
 from gptkit.shards import Split, read_meta
 
 
@@ -32,11 +31,7 @@ def evaluate(
 ) -> dict:
     checkpoint = load_checkpoint(ckpt)
     meta = read_meta(data)
-    if checkpoint.tokenizer_spec != meta["tokenizer"]:
-        raise GptkitError(
-            f"{data} was tokenized with a different tokenizer than the one {ckpt} was trained with",
-            hint="evaluate on data prepared with the model's tokenizer",
-        )
+    checkpoint.check_data(meta, data, ckpt)
     runtime = resolve_runtime(device)
     model = checkpoint.build_model(runtime.device).eval()
     data_split = Split.open(data, split, meta)

@@ -21,7 +21,7 @@ import numpy as np
 
 from gptkit.errors import GptkitError, UsageError
 from gptkit.shards import SPLITS, token_dtype_for, write_meta, write_shard
-from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_file
+from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_file, read_text_files
 from gptkit.tokenizers import Tokenizer, build_tokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # like llm.c: 100M tokens (200 MB of uint16) per shard
@@ -169,6 +169,6 @@ def prepare_text(
     files = [f for f in collect_text_files(paths) if out_dir not in f.resolve().parents]
     if not files:
         raise GptkitError("no input files left once the output folder is set aside")
-    docs = [Document(str(f), read_text_file(f)) for f in files]
+    docs = [Document(str(f), text) for f, text in zip(files, read_text_files(files))]
     log(f"source: {len(files)} file(s), {sum(len(d.text) for d in docs):,} characters")
     return prepare_documents(docs, out, tokenizer, val_fraction, _file_source("text", files), log=log)

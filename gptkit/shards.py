@@ -174,6 +174,12 @@ class Split:
         if info is None:
             raise GptkitError(f"{data_dir} has no {name!r} split", hint=f"it has: {', '.join(meta['splits'])}")
         shards = [read_shard(data_dir / shard_name) for shard_name in info["shards"]]
+        found, promised = sum(len(s) for s in shards), info.get("tokens")
+        if promised is not None and found != promised:
+            raise GptkitError(
+                f"{data_dir}: the {name} shards hold {found:,} tokens but meta.json promises {promised:,}",
+                hint="the folder mixes files from different runs of `gptkit prepare`; prepare it again",
+            )
         return cls(name, shards)
 
     @property

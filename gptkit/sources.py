@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, Problems
 from gptkit.fileio import atomic_write_bytes
 
 
@@ -84,6 +84,16 @@ def read_text_file(path: str | Path) -> str:
             f"{path} is not valid UTF-8 (byte {e.start:,}: {data[e.start:e.start + 4]!r})",
             hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE`",
         ) from None
+
+
+def read_text_files(paths: list[Path]) -> list[str]:
+    """read_text_file for each path; one error names every file that cannot be read."""
+    problems, texts = Problems(), []
+    for path in paths:
+        with problems.check():
+            texts.append(read_text_file(path))
+    problems.raise_if_any()
+    return texts
 
 
 def collect_text_files(paths: list[str | Path]) -> list[Path]:

@@ -9,38 +9,54 @@ One optimizer step is:
         loss = model(x, y) / grad_accum           # under autocast (bf16/fp16) where the device has it
         loss.backward()                           # gradients add up across micro-batches
     clip the global gradient norm                 # one bad batch cannot blow up the weights
+    ask the loss guard                            # NaN/inf or a spike: skip the update, or stop
     lr = warmup, then cosine decay                # see learning_rate_at()
     AdamW step                                    # weight decay on matrices only
 
-Every `eval_interval` steps (and at the end) it measures train/val loss on `eval_iters` fixed
-batches and writes `ckpt.safetensors` (last), `best.safetensors` (lowest val loss so far) and
-`resume.safetensors` (optimizer, RNGs, sampler) into the run folder. Ctrl-C or SIGTERM finishes the
-current step, saves, and raises TrainingInterrupted so the CLI can say how to resume.
+Before the first step, preflight.py checks the config, data and run folder and reports every problem
+at once. Every `eval_interval` steps (and at the end) it measures train/val loss on `eval_iters`
+fixed batches and saves the step into the run folder (run_folder.py): a checkpoint and the resume
+state (optimizer, every RNG, the sampler's position, the grad scaler, the loss guard), so that a
+resumed run continues bitwise as if it had never stopped. Ctrl-C or SIGTERM finishes the current
+step, saves, and raises TrainingInterrupted, which tells how to resume.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from gptkit.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from gptkit.checkpoint import DamagedFile, peek_checkpoint
 from gptkit.config import TrainConfig, apply_settings, to_toml
-from gptkit.devices import Runtime, resolve_runtime
+from gptkit.devices import Runtime, peak_flops, peak_memory_bytes
 from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_write_text
+from gptkit.loss_guard import BadLoss, LossGuard
 from gptkit.model import GPT, ModelConfig
-from gptkit.monitor import MetricsLog, Monitor
-from gptkit.shards import Split, read_meta
+from gptkit.monitor import MetricsLog, Monitor, TensorBoardLog
+from gptkit.preflight import plan_run
+from gptkit.run_folder import (
+    BEST_NAME,
+    CKPT_NAME,
+    TENSORBOARD_DIR,
+    best_saved_val_loss,
+    find_resume_point,
+    prepare_run_folder,
+    resume_command,
+    save_training_state,
+    with_last_good_step,
+)
+from gptkit.shards import Split
 
-CKPT_NAME = "ckpt.safetensors"
-BEST_NAME = "best.safetensors"
-RESUME_NAME = "resume.safetensors"
+__all__ = ["BEST_NAME", "CKPT_NAME", "TrainResult", "TrainingInterrupted", "resume_config", "train"]
 
 
 class TrainingInterrupted(GptkitError):
@@ -49,7 +65,7 @@ class TrainingInterrupted(GptkitError):
     def __init__(self, step: int, signum: int, out: Path):
         super().__init__(
             f"training stopped at step {step} ({signal.Signals(signum).name}); the run is saved in {out}",
-            hint=f"continue it with `gptkit train --out {out} --resume`",
+            hint=f"continue it with `{resume_command(out)}`",
         )
         self.signum = signum
 
@@ -132,42 +148,67 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def _rng_states(batch_generator: torch.Generator) -> dict[str, torch.Tensor]:
-    states = {"torch": torch.get_rng_state(), "batches": batch_generator.get_state()}
+def capture_rng_states(batch_generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random number generator a run draws from, as tensors and JSON: torch's (dropout), the
+    batch sampler's (its state *is* the loader's position), CUDA's, and Python's and NumPy's (gptkit
+    draws from neither, but code run inside the loop might)."""
+    tensors = {"torch": torch.get_rng_state(), "batches": batch_generator.get_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            states[f"cuda{i}"] = state
-    return states
+            tensors[f"cuda{i}"] = state
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, states
 
 
-def _restore_rng_states(states: dict[str, torch.Tensor], batch_generator: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    batch_generator.set_state(states["batches"])
-    cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
+def restore_rng_states(tensors: dict[str, torch.Tensor], states: dict, batch_generator: torch.Generator) -> None:
+    torch.set_rng_state(tensors["torch"])
+    batch_generator.set_state(tensors["batches"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def resume_config(out: str | Path, train_overrides: dict) -> tuple[ModelConfig, TrainConfig]:
-    """The configs of the run saved in `out`, with the options given again on the command line on top
-    (typically --max-iters to train longer). The model's shape always comes from the checkpoint."""
-    checkpoint = load_checkpoint(Path(out) / CKPT_NAME)
+def resume_config(out: str | Path, train_overrides: dict, step: int | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of the run saved in `out` (at `step`, else its newest step), with the options given
+    again on the command line on top (typically --max-iters to train longer). The model's shape always
+    comes from the checkpoint. Reads only the checkpoint's header; train() verifies the files."""
+    point = find_resume_point(out, step)
+    try:
+        checkpoint = peek_checkpoint(point.checkpoint)
+    except DamagedFile as e:
+        raise with_last_good_step(e, out, point.step) from None
     saved = {k: v for k, v in checkpoint.train_config.items() if k in TrainConfig.__dataclass_fields__}
-    cfg = apply_settings(TrainConfig(), saved, f"{out}/{CKPT_NAME}")
+    cfg = apply_settings(TrainConfig(), saved, str(point.checkpoint))
     return checkpoint.model_config, apply_settings(cfg, train_overrides, "options")
 
 
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    ckpt = out / CKPT_NAME
-    if resume:
-        for name in (CKPT_NAME, RESUME_NAME):
-            if not (out / name).is_file():
-                raise GptkitError(f"cannot resume: {out / name} does not exist", hint="start a run without --resume")
-    elif ckpt.exists() and not overwrite:
-        raise GptkitError(
-            f"{out} already holds a training run ({CKPT_NAME})",
-            hint="pass --resume to continue it, --overwrite to start afresh, or choose another --out",
-        )
+class _Window:
+    """Measures summed over the steps since the last progress report."""
+
+    def __init__(self):
+        self.start, self.steps, self.updates, self.skipped = time.perf_counter(), 0, 0, 0
+        self.loss_sum = self.grad_norm_sum = 0.0
+
+    def mean_loss(self) -> float | None:
+        return self.loss_sum / self.updates if self.updates else None
+
+    def mean_grad_norm(self) -> float | None:
+        return self.grad_norm_sum / self.updates if self.updates else None
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def train(
@@ -176,31 +217,25 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    resume_from: int | None = None,
     monitor: Monitor | None = None,
 ) -> TrainResult:
-    """Train a GPT on the data folder `cfg.data`, writing the run into `cfg.out`."""
+    """Train a GPT on the data folder `cfg.data`, writing the run into `cfg.out`.
+
+    resume continues the newest saved step of `cfg.out`, resume_from=N the saved step N (the steps
+    after it are deleted: the run redoes them). Raises GptkitError listing every problem it finds
+    before starting, TrainingInterrupted after a SIGINT/SIGTERM (saved), BadLoss when the loss guard
+    stops the run (nothing saved after the last good checkpoint)."""
     monitor = monitor or Monitor()
-    out = Path(cfg.out)
-    check_run_folder(out, resume, overwrite)
-    runtime = resolve_runtime(cfg.device, cfg.dtype)
-    meta = read_meta(cfg.data)
-    train_split = Split.open(cfg.data, "train", meta)
-    val_split = Split.open(cfg.data, "val", meta)
+    plan = plan_run(model_config, cfg, resume=resume, overwrite=overwrite, resume_from=resume_from)
+    out, runtime, model_config = plan.out, plan.runtime, plan.model_config
+    train_split, val_split = plan.splits["train"], plan.splits["val"]
+    resumed = plan.checkpoint
+    for note in prepare_run_folder(out, plan.resume_point):
+        monitor.message(note)
 
-    resumed = None
-    if resume:
-        resumed = load_checkpoint(out / CKPT_NAME)
-        if resumed.tokenizer_spec != meta["tokenizer"]:
-            raise GptkitError(
-                f"the data in {cfg.data} was tokenized differently from the run being resumed in {out}",
-                hint="resume with the data folder the run was started on (see config.toml)",
-            )
-        model_config = resumed.model_config
-    else:
-        model_config = replace(model_config, vocab_size=meta["vocab_size"])
-    for split in (train_split, val_split):
-        split.check_fits(model_config.block_size)
-
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = GPT(model_config).to(runtime.device)
     if resumed is not None:
@@ -208,34 +243,62 @@ def train(
     optimizer = make_optimizer(model, cfg, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
     batch_generator = torch.Generator().manual_seed(cfg.seed)
-    step, best_val_loss = 0, None
-    if resumed is not None:
-        optimizer_state, step, rng, extra = load_resume_state(out / RESUME_NAME)
-        if step != resumed.step:
-            raise GptkitError(f"{out / RESUME_NAME} (step {step}) does not belong to {out / CKPT_NAME} (step {resumed.step})")
+    step, best_val_loss, extra = 0, None, {}
+    if plan.resume_state is not None:
+        optimizer_state, step, rng, extra = plan.resume_state
         optimizer.load_state_dict(optimizer_state)
-        _restore_rng_states(rng, batch_generator)
+        restore_rng_states(rng, extra.get("rng", {}), batch_generator)
         best_val_loss = extra.get("best_val_loss")
         if extra.get("grad_scaler"):
             scaler.load_state_dict(extra["grad_scaler"])
+    # best.safetensors is replaced only by a better model, even one from steps a --resume-from undid.
+    on_disk = best_saved_val_loss(out) if resumed is not None else None
+    if on_disk is not None and (best_val_loss is None or on_disk < best_val_loss):
+        best_val_loss = on_disk
+    guard = LossGuard(cfg.on_bad_loss, cfg.loss_spike_factor, cfg.max_bad_steps, extra.get("loss_guard"))
     forward = torch.compile(model) if cfg.compile else model
 
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.toml", to_toml(model_config, cfg))
-    metrics = MetricsLog(out / "metrics.jsonl", keep_until_step=step if resumed else None)
+    sinks = [MetricsLog(out / "metrics.jsonl", keep_until_step=step if resumed else None)]
+    if cfg.tensorboard:
+        sinks.append(TensorBoardLog(out / TENSORBOARD_DIR, purge_step=step + 1 if resumed else None))
+
+    def log(record: dict) -> None:
+        for sink in sinks:
+            sink.write(record)
+
     tokens_per_step = cfg.batch_size * model_config.block_size * cfg.grad_accum
+    flops_per_token, peak = model.flops_per_token(), peak_flops(runtime)
     train_config_dict = asdict(cfg)
-    tokenizer_spec = meta["tokenizer"]
+    tokenizer_spec = plan.meta["tokenizer"]
+    elapsed_before, started = float(extra.get("elapsed_s", 0.0)), time.perf_counter()
+    last_saved = step if resumed else None
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - started
 
     def save(step: int, train_loss: float | None, val_loss: float | None) -> bool:
-        nonlocal best_val_loss
-        save_checkpoint(out / CKPT_NAME, model, tokenizer_spec, step, train_loss, val_loss, train_config_dict)
+        nonlocal best_val_loss, last_saved
+        if not weights_are_finite(model):  # never replace a good checkpoint with a broken model
+            where = f"{out / CKPT_NAME} still holds step {last_saved}" if last_saved is not None else "nothing was saved"
+            raise BadLoss(
+                f"the model's weights hold NaN or inf at step {step}; not saved ({where})",
+                hint="lower the learning rate, keep --grad-clip on, and resume from the last checkpoint",
+            )
         is_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
-        if is_best:
-            best_val_loss = val_loss
-            save_checkpoint(out / BEST_NAME, model, tokenizer_spec, step, train_loss, val_loss, train_config_dict)
-        extra = {"best_val_loss": best_val_loss, "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None}
-        save_resume_state(out / RESUME_NAME, optimizer, step, _rng_states(batch_generator), extra)
+        rng_tensors, rng_states = capture_rng_states(batch_generator)
+        state = {
+            "best_val_loss": val_loss if is_best else best_val_loss,
+            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": rng_states,
+            "loss_guard": guard.state(),
+            "elapsed_s": elapsed(),
+        }
+        save_training_state(
+            out, model, optimizer, tokenizer_spec, step, train_loss, val_loss, train_config_dict,
+            rng_tensors, state, cfg.keep_checkpoints, is_best,
+        )
+        best_val_loss, last_saved = state["best_val_loss"], step
         return is_best
 
     def evaluate_and_save(step: int) -> tuple[float, float]:
@@ -248,18 +311,43 @@ def train(
                 hint="lower --learning-rate, keep --grad-clip on, or resume from the last checkpoint",
             )
         is_best = save(step, train_loss, val_loss)
-        metrics.write({"step": step, "train_loss": train_loss, "val_loss": val_loss})
+        log({"step": step, "train_loss": train_loss, "val_loss": val_loss})
         monitor.evaluation({"step": step, "train_loss": train_loss, "val_loss": val_loss, "best": is_best})
         return train_loss, val_loss
+
+    def report_progress(step: int, lr: float, window: _Window) -> None:
+        seconds = time.perf_counter() - window.start
+        ms_per_iter = 1000 * seconds / window.steps
+        record = {
+            "step": step,
+            "loss": window.mean_loss(),
+            "lr": lr,
+            "grad_norm": window.mean_grad_norm(),
+            "tokens_per_sec": tokens_per_step * window.steps / seconds,
+            "ms_per_iter": ms_per_iter,
+            "elapsed_s": round(elapsed(), 3),
+        }
+        if peak:
+            record["mfu"] = flops_per_token * record["tokens_per_sec"] / peak
+        memory = peak_memory_bytes(runtime.device)
+        if memory is not None:
+            record["peak_memory_mb"] = round(memory / 2**20, 1)
+        if window.skipped:
+            record["skipped"] = window.skipped
+        log(record)
+        monitor.step({**record, "eta_s": (cfg.max_iters - step) * ms_per_iter / 1000})
 
     monitor.message(
         f"model: {model.num_params() / 1e6:.2f}M parameters | device: {runtime.describe()} | "
         f"{tokens_per_step:,} tokens per step | data: {train_split.num_tokens:,} train tokens"
     )
+    if resumed is not None:
+        log({"step": step, "event": "resumed"})
+        monitor.message(f"resumed from step {step} ({plan.resume_point.checkpoint})")
     monitor.start(cfg.max_iters, step)
     train_loss = val_loss = None
-    start_step, started = step, time.perf_counter()
-    window_start, window_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=runtime.device)
+    start_step = step
+    window = _Window()
     model.train()
     try:
         with _StopSignal() as stop:
@@ -267,6 +355,7 @@ def train(
                 lr = learning_rate_at(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                step_loss = torch.zeros((), device=runtime.device)
                 for _ in range(cfg.grad_accum):
                     x, y = train_split.sample_batch(cfg.batch_size, model_config.block_size, batch_generator)
                     x = x.to(runtime.device, non_blocking=True)
@@ -274,60 +363,61 @@ def train(
                     with runtime.autocast:
                         _, loss = forward(x, y)
                     scaler.scale(loss / cfg.grad_accum).backward()
-                    loss_sum += loss.detach() / cfg.grad_accum
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
+                    step_loss += loss.detach() / cfg.grad_accum
+                scaler.unscale_(optimizer)  # true gradients for the norm (a no-op without float16's scaler)
+                # With max_norm=inf the norm is measured and the gradients are left as they are.
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                # One wait for the device per step: the guard must see the loss before the update.
+                loss_value, norm_value = torch.stack([step_loss.float(), grad_norm.float()]).tolist()
+                step += 1
+                window.steps += 1
+                problem = guard.check(step, loss_value, norm_value, check_grad_norm=not scaler.is_enabled())
+                if problem is None:
+                    scaler.step(optimizer)
+                    window.updates += 1
+                    window.loss_sum += loss_value
+                    window.grad_norm_sum += norm_value
+                else:
+                    window.skipped += 1
+                    log({"step": step, "event": "skipped", "reason": problem})
+                    monitor.message(f"step {step}: {problem}; update skipped")
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                window_steps += 1
 
                 if step % cfg.log_interval == 0 or step == cfg.max_iters:
-                    mean_loss = loss_sum.item() / window_steps  # .item() waits for the GPU: only here
-                    elapsed = time.perf_counter() - window_start
-                    ms_per_iter = 1000 * elapsed / window_steps
-                    record = {
-                        "step": step,
-                        "loss": mean_loss,
-                        "lr": lr,
-                        "tokens_per_sec": tokens_per_step * window_steps / elapsed,
-                        "ms_per_iter": ms_per_iter,
-                        "eta_s": (cfg.max_iters - step) * ms_per_iter / 1000,
-                    }
-                    if not math.isfinite(mean_loss):
-                        raise GptkitError(
-                            f"the loss became {mean_loss} at step {step}; stopped without saving this model",
-                            hint="lower --learning-rate, keep --grad-clip on, or resume from the last checkpoint",
-                        )
-                    metrics.write({k: record[k] for k in ("step", "loss", "lr", "tokens_per_sec", "ms_per_iter")})
-                    monitor.step(record)
-                    window_start, window_steps, loss_sum = time.perf_counter(), 0, torch.zeros_like(loss_sum)
-
+                    report_progress(step, lr, window)
+                    window = _Window()
                 if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                     train_loss, val_loss = evaluate_and_save(step)
-                    window_start = time.perf_counter()  # don't count evaluation as training time
+                    window.start = time.perf_counter()  # don't count evaluation as training time
                 if stop.signum is not None:
-                    if step % cfg.eval_interval != 0 and step != cfg.max_iters:
+                    if window.steps:
+                        report_progress(step, lr, window)
+                    if last_saved != step:
                         save(step, None, None)
+                    log({"step": step, "event": "interrupted", "signal": signal.Signals(stop.signum).name})
                     raise TrainingInterrupted(step, stop.signum, out)
             if step == start_step and resumed is not None:
                 monitor.message(f"the run is already at step {step} (max_iters {cfg.max_iters}); nothing to do")
                 train_loss, val_loss = resumed.train_loss, resumed.val_loss
+    except BadLoss as e:
+        if last_saved is not None:
+            e.hint += f"; the last checkpoint is step {last_saved}: `{resume_command(out)}` continues from it"
+        raise
     finally:
         monitor.close()
-        metrics.close()
+        for sink in sinks:
+            sink.close()
 
-    elapsed = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     steps_done = max(step - start_step, 1)
     return TrainResult(
         step=step,
         train_loss=train_loss,
         val_loss=val_loss,
         best_val_loss=best_val_loss,
-        elapsed_s=elapsed,
-        tokens_per_sec=tokens_per_step * steps_done / elapsed,
-        ms_per_iter=1000 * elapsed / steps_done,
+        elapsed_s=seconds,
+        tokens_per_sec=tokens_per_step * steps_done / seconds,
+        ms_per_iter=1000 * seconds / steps_done,
         out=out,
     )
