@@ -357,7 +357,7 @@ def tokenize_train_cmd(
     kind: str = typer.Option("bpe", "--kind", "-k", help="bpe | sp-bpe | sp-unigram | sentencepiece (= sp-unigram) | char."),
     vocab_size: int = typer.Option(4096, "--vocab-size", "-v", min=1, help="Ids in the vocabulary, specials included (not for char)."),
     out: Path = typer.Option(Path("tok"), "--out", "-o", help="Folder to write tokenizer.json into."),
-    pattern: str = typer.Option("gpt4", "--pattern", help="bpe: how text is split before merging: gpt4, gpt2 or a regex."),
+    pattern: str = typer.Option("gpt4", "--pattern", help="bpe: how text is split before merging: gpt4, gpt4o, gpt2 or a regex."),
     special: list[str] = typer.Option([], "--special", help="An extra special token (repeatable); <|endoftext|> is always one."),
     unk: bool = typer.Option(False, "--unk", help="char: add an <unk> id for characters the corpus never showed."),
     as_json: bool = typer.Option(False, "--json", help="Print the tokenizer's summary as JSON."),
@@ -448,6 +448,11 @@ def tokenize_inspect_cmd(
         _render_inspect(report, Console(soft_wrap=True))
 
 
+def _quoted(token: str) -> str:
+    """A token in quotes, so leading and trailing spaces show."""
+    return f'"{token}"' if "'" in token and '"' not in token else f"'{token}'"
+
+
 TOKEN_COLOURS = ("on #3b4b7a", "on #2f6b4f", "on #7a4b2f", "on #6b2f6b", "on #5b6b2f")
 
 
@@ -460,14 +465,14 @@ def _render_inspect(report: dict, out: Console) -> None:
     specials = ", ".join(f"{name} = {i}" for name, i in report["special_tokens"].items()) or "none"
     out.print(f"special tokens: {specials}", markup=False, highlight=False)
     if report["learned"]:
-        out.print("first merges (in the order learned):" if "merge" in report["learned"][0] else "first learned tokens:")
+        out.print(f"first learned ({report['learned_order']}):")
         for t in report["learned"]:
-            merge = f"   = '{t['merge'][0]}' + '{t['merge'][1]}'" if "merge" in t else ""
-            out.print(f"  {t['id']:>7}  '{t['token']}'{merge}", markup=False, highlight=False)
+            merge = f"   = {_quoted(t['merge'][0])} + {_quoted(t['merge'][1])}" if "merge" in t else ""
+            out.print(f"  {t['id']:>7}  {_quoted(t['token'])}{merge}", markup=False, highlight=False)
     if report["longest"]:
         out.print("longest tokens:")
         for t in report["longest"]:
-            out.print(f"  {t['id']:>7}  {t['bytes']:>3} bytes  '{t['token']}'", markup=False, highlight=False)
+            out.print(f"  {t['id']:>7}  {t['bytes']:>3} bytes  {_quoted(t['token'])}", markup=False, highlight=False)
     info = report.get("text")
     if info is None:
         return

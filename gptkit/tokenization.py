@@ -235,6 +235,17 @@ def show_bytes(data: bytes) -> str:
     return text.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
+def _learned_order(tok: Tokenizer) -> str | None:
+    """How `_learned_tokens` orders a tokenizer's tokens."""
+    if isinstance(tok, BPETokenizer):
+        return "merges, in the order learned"
+    if isinstance(tok, TiktokenTokenizer):
+        return "merged tokens, by rank"
+    if isinstance(tok, SentencePieceTokenizer):
+        return "pieces by id: " + ("merge order" if tok.model_type == "bpe" else "most probable first")
+    return None
+
+
 def _learned_tokens(tok: Tokenizer, count: int) -> list[dict]:
     """The first tokens the tokenizer learned, in order (the first merges, for BPE)."""
     if isinstance(tok, BPETokenizer):
@@ -282,6 +293,7 @@ def inspect_tokenizer(
         "vocab_size": tok.vocab_size,
         "byte_level": tok.byte_level,
         "special_tokens": tok.special_tokens,
+        "learned_order": _learned_order(tok),
         "learned": _learned_tokens(tok, top),
         "longest": _longest_tokens(tok, top),
     }

@@ -59,7 +59,7 @@ def naive_merges(chunk_counts: Counter, num_merges: int) -> list[tuple[int, int]
     return merges
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o"])
 def test_incremental_trainer_matches_recounting_from_scratch(pattern):
     counts = count_chunks([training_corpus()[:15_000] + TRICKY_TEXTS["mixed"]], PATTERNS[pattern])
     assert learn_merges(counts, 120) == naive_merges(counts, 120)
@@ -123,7 +123,7 @@ def test_bpe_on_tiny_shakespeare_compresses():
 # encoding
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o"])
 @pytest.mark.parametrize("name", sorted(TRICKY_TEXTS))
 def test_tricky_texts_round_trip_and_match_the_reference(pattern, name):
     tok = small_bpe(pattern)
@@ -178,7 +178,7 @@ def test_decoding_an_unknown_id_is_a_clear_error():
 # specs
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o"])
 def test_spec_rebuilds_the_same_tokenizer(pattern, tmp_path):
     tok = small_bpe(pattern)
     spec = json.loads(json.dumps(tok.spec()))  # as stored in meta.json or checkpoint metadata

@@ -102,7 +102,7 @@ def test_tokenizer_from_a_data_folder_and_a_checkpoint(tmp_path):
 def test_inspect_shows_vocabulary_merges_compression_and_tokens(tok_dir):
     out = run_gptkit("tokenize", "inspect", "-t", str(tok_dir), "Hello there, ação!\nBye").stdout.decode()
     assert "bpe:400" in out and "vocabulary: 400 ids" in out
-    assert "first merges" in out and "= ' ' + 't'" in out
+    assert "first learned (merges, in the order learned)" in out and "= ' ' + 't'" in out
     assert "longest tokens" in out
     assert "bytes/token" in out
     assert "|" in out and "↵" in out  # without colour, token boundaries are marked

@@ -18,7 +18,8 @@ from gptkit.tokenizers.streaming import iter_pieces, next_clean_cut
 # Random text: any unicode (hypothesis leaves out lone surrogates, which UTF-8 cannot hold), plus
 # text built from pieces that stress the pre-split regex: runs of spaces and newlines, \r\n, digits,
 # contractions, accents, emoji with modifiers, CJK.
-PIECES = [" ", "  ", "\n", "\n\n", "\r\n", "\t", "'s", "'LL", "123456", "ção", "Ünïcödé", "👍🏽", "👨‍👩‍👧", "日本語", "▁", "!?", ".\n", "the", " The"]
+PIECES = [" ", "  ", "\n", "\n\n", "\r\n", "\t", "'s", "'LL", "123456", "ção", "Ünïcödé", "👍🏽", "👨‍👩‍👧", "日本語",
+          "▁", "!?", ".\n", "the", " The", "camelCase", "e\u0301"]
 texts = st.one_of(
     st.text(max_size=200),
     st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=5)), max_size=40).map("".join),
@@ -26,10 +27,7 @@ texts = st.one_of(
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def byte_level_tokenizers():
-    return [pytest.param("bpe-gpt4", id="bpe-gpt4"), pytest.param("bpe-gpt2", id="bpe-gpt2"),
-            pytest.param("gpt2", id="tiktoken-gpt2"), pytest.param("cl100k_base", id="tiktoken-cl100k"),
-            pytest.param("o200k_base", id="tiktoken-o200k")]
+BYTE_LEVEL = ["bpe-gpt4", "bpe-gpt2", "bpe-gpt4o", "gpt2", "cl100k_base", "o200k_base"]  # bpe-*: gptkit's
 
 
 def get(name: str):
@@ -38,7 +36,7 @@ def get(name: str):
     return pretrained(name)
 
 
-@pytest.mark.parametrize("name", byte_level_tokenizers())
+@pytest.mark.parametrize("name", BYTE_LEVEL)
 def test_byte_level_round_trip_is_exact(name):
     tok = get(name)
     assert tok.byte_level
@@ -54,7 +52,7 @@ def test_byte_level_round_trip_is_exact(name):
     check()
 
 
-@pytest.mark.parametrize("pattern", ["gpt4", "gpt2"])
+@pytest.mark.parametrize("pattern", ["gpt4", "gpt2", "gpt4o"])
 @SETTINGS
 @given(text=texts)
 def test_reference_encoder_equals_tiktoken(pattern, text):
@@ -62,7 +60,7 @@ def test_reference_encoder_equals_tiktoken(pattern, text):
     assert tok.encode_reference(text) == tok.encode(text)
 
 
-@pytest.mark.parametrize("name", ["bpe-gpt4", "bpe-gpt2", "sp-bpe", "sp-unigram", "gpt2", "o200k_base"])
+@pytest.mark.parametrize("name", ["bpe-gpt4", "bpe-gpt2", "bpe-gpt4o", "sp-bpe", "sp-unigram", "gpt2", "o200k_base"])
 def test_clean_pieces_encode_like_the_whole(name):
     tok = small_sentencepiece(name.removeprefix("sp-")) if name.startswith("sp-") else get(name)
 

@@ -43,7 +43,7 @@ def train_tokenizer(
     the library's default) from a corpus: a string, or an iterable of pieces cut at line ends.
 
     `vocab_size` does not apply to char (its vocabulary is the corpus's characters); `pattern` (gpt2,
-    gpt4 or a regex) only to bpe; `unk` only to char; `special_tokens` to bpe and sp-*.
+    gpt4, gpt4o or a regex) only to bpe; `unk` only to char; `special_tokens` to bpe and sp-*.
     """
     kind = "sp-unigram" if kind == "sentencepiece" else kind
     if kind == "char":

@@ -29,12 +29,26 @@ from gptkit.tokenizers.tiktoken_backed import TiktokenBackedTokenizer
 # How the text is cut before merging. Merges never cross these cuts, which keeps tokens word-like:
 # letters with one leading space or punctuation mark, numbers, punctuation runs, whitespace.
 PATTERNS = {
-    # GPT-2's: contractions, " ?letters", " ?digits", " ?other", whitespace (the last space of a run
-    # is left to join the next word).
-    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-    # GPT-4's (cl100k_base): case-insensitive contractions, digits in groups of at most three, line
-    # breaks kept with the punctuation before them. `?+` and `++` are possessive: no backtracking.
-    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    # GPT-2's (r50k_base): contractions, " ?letters", " ?digits", " ?other", whitespace. A run of
+    # spaces leaves its last space to the next word (\s+(?!\S)); `++` is possessive (no backtracking:
+    # same chunks, faster), `\s++$` keeps whitespace at the very end together.
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
+    # GPT-4's (cl100k_base): case-insensitive contractions, one leading non-letter joins a word,
+    # digits in groups of at most three, line breaks kept with the punctuation before them.
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    # GPT-4o's (o200k_base): words split at case changes (camelCase -> camel, Case), contractions
+    # attached to their word, marks (accents written as separate code points) inside words.
+    "gpt4o": "|".join(
+        [
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]
+    ),
 }
 DEFAULT_PATTERN = "gpt4"
 
@@ -90,7 +104,7 @@ class BPETokenizer(TiktokenBackedTokenizer):
 
     @property
     def pattern_name(self) -> str:
-        """`gpt2` or `gpt4` when the pattern is one of PATTERNS, else `custom`."""
+        """`gpt2`, `gpt4` or `gpt4o` when the pattern is one of PATTERNS, else `custom`."""
         return next((name for name, regex in PATTERNS.items() if regex == self.pattern), "custom")
 
     def spec(self) -> dict:

@@ -45,7 +45,7 @@ def count_chunks(texts: Iterable[str], pattern: str) -> Counter[str]:
     try:
         splitter = regex.compile(pattern)
     except regex.error as e:
-        raise GptkitError(f"the BPE pattern is not a valid regex ({e})", hint="use gpt4, gpt2 or a valid regex") from None
+        raise GptkitError(f"the BPE pattern is not a valid regex ({e})", hint="use gpt4, gpt4o, gpt2 or a valid regex") from None
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(splitter.findall(text))
