@@ -266,20 +266,20 @@ def prepare_text(
     log(f"source: {len(files)} file(s), {total:,} characters")
     cut = int(total * (1.0 - val_fraction))  # as split_documents: the first `cut` characters train
 
-    def text_of(split: str) -> Iterator[str]:
-        return (block for s, _, block in _blocks_by_split(files, cut) if s == split)
+    def train_text() -> Iterator[str]:
+        return (piece for split, pieces in _document_parts(files, cut) if split == "train" for piece in pieces)
 
-    tokenizer = get_tokenizer(tokenizer, lambda: _all_text(files), lambda: text_of("train"), log)
+    tokenizer = get_tokenizer(tokenizer, lambda: _all_text(files), train_text, log)
     eot = tokenizer.eot_id
 
     def tasks() -> Iterator[tuple[str, str | None]]:
         """(split, piece of text to encode), with (split, None) for an <|endoftext|> between documents."""
         started = set()
-        for (split, _), blocks in groupby(_blocks_by_split(files, cut), key=lambda b: b[:2]):
+        for split, pieces in _document_parts(files, cut):
             if split in started and eot is not None:
                 yield split, None
             started.add(split)
-            for piece in iter_pieces(block for _, _, block in blocks):
+            for piece in pieces:
                 yield split, piece
 
     def encode(task: tuple[str, str | None]) -> tuple[str, list[int], int]:
@@ -308,6 +308,13 @@ def prepare_text(
 def _all_text(files: list[TextFile]) -> Iterator[str]:
     for f in files:
         yield from read_text_blocks(f.path)
+
+
+def _document_parts(files: list[TextFile], cut: int) -> Iterator[tuple[str, Iterator[str]]]:
+    """(split, its text in cleanly cut pieces) for each file's part in each split, in reading order.
+    A file that straddles the train/val cut has a part in each."""
+    for (split, _), blocks in groupby(_blocks_by_split(files, cut), key=lambda b: b[:2]):
+        yield split, iter_pieces(block for _, _, block in blocks)
 
 
 def _blocks_by_split(files: list[TextFile], cut: int) -> Iterator[tuple[str, int, str]]:

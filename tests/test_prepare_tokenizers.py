@@ -35,7 +35,11 @@ def test_streaming_equals_in_memory(files, tmp_path, tokenizer, monkeypatch):
     folder, texts = files
     monkeypatch.setattr("gptkit.tokenizers.streaming.PIECE_CHARS", 1000)  # cut into many pieces
     monkeypatch.setattr("gptkit.tokenizers.streaming.BLOCK_BYTES", 777)
+    pieces = []
+    real_iter_pieces = prepare.iter_pieces
+    monkeypatch.setattr(prepare, "iter_pieces", lambda blocks: (pieces.append(p) or p for p in real_iter_pieces(blocks)))
     streamed = prepare_text([folder], tmp_path / "a", tokenizer, 0.15, shard_tokens=5000, workers=2)
+    assert len(pieces) > 80 and max(map(len, pieces)) < 2000
     in_memory = prepare_documents([Document(str(i), t) for i, t in enumerate(texts)], tmp_path / "b", tokenizer, 0.15, shard_tokens=5000)
     assert streamed["tokenizer"] == in_memory["tokenizer"]
     assert streamed["splits"] == in_memory["splits"]

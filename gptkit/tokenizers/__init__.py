@@ -16,7 +16,7 @@ from gptkit.errors import UsageError
 from gptkit.tokenizers.base import ENDOFTEXT, Tokenizer
 from gptkit.tokenizers.bpe import DEFAULT_PATTERN, BPETokenizer
 from gptkit.tokenizers.char import CharTokenizer
-from gptkit.tokenizers.loading import load_tokenizer, tokenizer_from_spec
+from gptkit.tokenizers.loading import TRAINABLE, load_tokenizer, tokenizer_from_spec
 from gptkit.tokenizers.pretrained import PRETRAINED, TiktokenTokenizer
 from gptkit.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -25,9 +25,7 @@ __all__ = [
     "build_tokenizer", "train_tokenizer", "tokenizer_from_spec", "load_tokenizer", "needs_corpus",
 ]
 
-TRAINABLE = ("char", "bpe", "sp-bpe", "sp-unigram")  # kinds that learn their vocabulary from a corpus
 DEFAULT_VOCAB_SIZE = 4096
-TOKENIZER_CHOICES = ("char", "char:unk", "bpe:N", "sp-bpe:N", "sp-unigram:N") + PRETRAINED + ("PATH",)
 
 
 def train_tokenizer(
@@ -40,7 +38,8 @@ def train_tokenizer(
     unk: bool = False,
 ) -> Tokenizer:
     """Learn a tokenizer of `kind` (char, bpe, sp-bpe, sp-unigram; `sentencepiece` means sp-unigram,
-    the library's default) from a corpus: a string, or an iterable of pieces cut at line ends.
+    the library's default) from a corpus: a string, or an iterable of cleanly cut pieces of it
+    (see streaming.iter_pieces).
 
     `vocab_size` does not apply to char (its vocabulary is the corpus's characters); `pattern` (gpt2,
     gpt4, gpt4o or a regex) only to bpe; `unk` only to char; `special_tokens` to bpe and sp-*.
@@ -83,8 +82,9 @@ def needs_corpus(name: str) -> bool:
 
 
 def build_tokenizer(name: str, corpus: str | Iterable[str] | None = None) -> Tokenizer:
-    """Make the tokenizer `name` (see TOKENIZER_CHOICES): trained on `corpus`, pretrained, or loaded
-    from a path (a saved tokenizer, a data folder, a checkpoint)."""
+    """Make the tokenizer `name`: trained on `corpus` (char, char:unk, bpe:N, sp-bpe:N, sp-unigram:N),
+    pretrained (gpt2, cl100k_base, o200k_base), or loaded from a path (a saved tokenizer, a data
+    folder, a checkpoint)."""
     parsed = parse_tokenizer_name(name)
     if parsed is None:
         return load_tokenizer(name)

@@ -23,6 +23,7 @@ from gptkit.tokenizers.char import CharTokenizer
 from gptkit.tokenizers.pretrained import PRETRAINED, TiktokenTokenizer
 from gptkit.tokenizers.sentencepiece_tokenizer import MODEL_TYPES, SentencePieceTokenizer
 
+TRAINABLE = ("char", "bpe", "sp-bpe", "sp-unigram")  # kinds that learn their vocabulary from a corpus
 CHECKPOINT_FORMAT = "gptkit.checkpoint"  # as checkpoint.CHECKPOINT_FORMAT (not imported: it imports torch)
 CHECKPOINT_NAME = "ckpt.safetensors"  # the last checkpoint of a run folder
 
@@ -117,14 +118,14 @@ def load_tokenizer(ref: str | Path) -> Tokenizer:
     path = Path(ref)
     if not path.exists():
         kind = ref.partition(":")[0]
-        if kind in ("char", "bpe", "sp-bpe", "sp-unigram", "sentencepiece"):
+        if kind in TRAINABLE + ("sentencepiece",):
             raise UsageError(
                 f"{ref!r} names a tokenizer to train, not one that exists",
-                hint=f"train it first: gptkit tokenize train --kind {kind.removesuffix(':unk')} FILES --out tok/, "
-                "then pass --tokenizer tok/",
+                hint=f"train it first: gptkit tokenize train --kind {kind} FILES --out tok/, then pass --tokenizer tok/",
             )
         raise UsageError(
             f"tokenizer {ref!r} is neither a pretrained encoding nor an existing path",
-            hint=f"pretrained: {', '.join(PRETRAINED)}; or a folder from `gptkit tokenize train`/`gptkit prepare`, or a checkpoint",
+            hint=f"pretrained: {', '.join(PRETRAINED)}; or a folder from `gptkit tokenize train` or `gptkit prepare`, "
+            "or a checkpoint; `prepare` also trains char, char:unk, bpe:N, sp-bpe:N, sp-unigram:N",
         )
     return tokenizer_from_spec(spec_at(path))

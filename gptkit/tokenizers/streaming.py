@@ -33,9 +33,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def read_text_blocks(source: str | Path | BinaryIO, name: str | None = None, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
+def read_text_blocks(source: str | Path | BinaryIO, name: str | None = None, block_bytes: int | None = None) -> Iterator[str]:
     """Decode a UTF-8 file (a path or a binary stream, e.g. stdin) block by block, never holding
-    more than one block. A character split between two blocks is completed by the next one."""
+    more than one block (BLOCK_BYTES by default). A character split between two blocks is completed
+    by the next one."""
+    block_bytes = block_bytes or BLOCK_BYTES
     if isinstance(source, (str, Path)):
         with open(source, "rb") as f:
             yield from read_text_blocks(f, str(source), block_bytes)
@@ -74,9 +76,10 @@ def next_clean_cut(text: str, start: int) -> int:
     return 0
 
 
-def iter_pieces(blocks: Iterable[str], piece_chars: int = PIECE_CHARS, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
-    """Regroup text blocks (of any size) into pieces of at least `piece_chars` characters (the last
-    may be shorter), each ending at a clean cut."""
+def iter_pieces(blocks: Iterable[str], piece_chars: int | None = None, max_chars: int | None = None) -> Iterator[str]:
+    """Regroup text blocks (of any size) into pieces of at least `piece_chars` characters (PIECE_CHARS
+    by default; the last piece may be shorter), each ending at a clean cut."""
+    piece_chars, max_chars = piece_chars or PIECE_CHARS, max_chars or MAX_PIECE_CHARS
     buffer = ""
     for block in blocks:
         buffer += block
