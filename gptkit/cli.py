@@ -453,7 +453,7 @@ def _quoted(token: str) -> str:
     return f'"{token}"' if "'" in token and '"' not in token else f"'{token}'"
 
 
-TOKEN_COLOURS = ("on #3b4b7a", "on #2f6b4f", "on #7a4b2f", "on #6b2f6b", "on #5b6b2f")
+TOKEN_COLOURS = ("black on cyan", "black on green", "black on yellow", "black on magenta")  # standard colours: distinct in any terminal
 
 
 def _render_inspect(report: dict, out: Console) -> None:

@@ -160,3 +160,20 @@ def test_library_round_trip_in_memory(tok_dir):
         back = io.BytesIO()
         decode_stream(tok_dir, io.BytesIO(ids.getvalue()), back, fmt)
         assert back.getvalue() == TRICKY and stats["bytes"] == len(TRICKY) and stats["tokens"] > 0
+
+
+def test_inspect_colours_tokens_in_a_terminal(tok_dir):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from gptkit.cli import _render_inspect
+    from gptkit.tokenization import inspect_tokenizer
+
+    buffer = io.StringIO()
+    _render_inspect(inspect_tokenizer(tok_dir, "Hello there, friends"), Console(file=buffer, force_terminal=True, color_system="standard"))
+    split = buffer.getvalue().splitlines()[-1]
+    styles = re.findall(r"\x1b\[([\d;]+)m", split)
+    assert len({s for s in styles if s != "0"}) >= 3  # neighbouring tokens get different colours
+    assert "|" not in split  # colour, not separators, marks the boundaries
