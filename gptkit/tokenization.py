@@ -35,6 +35,7 @@ import numpy as np
 from gptkit.errors import GptkitError, UsageError
 from gptkit.shards import token_dtype_for
 from gptkit.tokenizers import (
+    DEFAULT_VOCAB_SIZE,
     ENDOFTEXT,
     BPETokenizer,
     SentencePieceTokenizer,
@@ -43,6 +44,7 @@ from gptkit.tokenizers import (
     load_tokenizer,
     train_tokenizer,
 )
+from gptkit.tokenizers.bpe import DEFAULT_PATTERN
 from gptkit.tokenizers.streaming import iter_pieces, map_in_order, read_text_blocks
 
 FORMATS = ("lines", "jsonl", "bin", "npy")
@@ -66,9 +68,9 @@ def train_from_files(
     kind: str,
     files: Sequence[str | Path],
     out: str | Path,
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     *,
-    pattern: str = "gpt4",
+    pattern: str = DEFAULT_PATTERN,
     special_tokens: Sequence[str] = (ENDOFTEXT,),
     unk: bool = False,
     log: Callable[[str], None] = lambda msg: None,
