@@ -34,9 +34,9 @@ import numpy as np
 
 from gptkit.errors import GptkitError, UsageError
 from gptkit.shards import SPLITS, ShardWriter, token_dtype_for, write_meta
-from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_file
+from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_blocks, read_text_file
 from gptkit.tokenizers import Tokenizer, build_tokenizer, needs_corpus
-from gptkit.tokenizers.streaming import iter_pieces, map_in_order, read_text_blocks
+from gptkit.tokenizers.streaming import iter_pieces, map_in_order
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # like llm.c: 100M tokens (200 MB of uint16) per shard
 TOKENIZER_TRAIN_CHARS = 50_000_000  # bpe/sp-* learn from at most this much text (time, not memory)

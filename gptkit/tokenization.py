@@ -34,6 +34,7 @@ import numpy as np
 
 from gptkit.errors import GptkitError, UsageError
 from gptkit.shards import token_dtype_for
+from gptkit.sources import collect_text_files, read_text_blocks
 from gptkit.tokenizers import (
     DEFAULT_VOCAB_SIZE,
     ENDOFTEXT,
@@ -45,7 +46,7 @@ from gptkit.tokenizers import (
     train_tokenizer,
 )
 from gptkit.tokenizers.bpe import DEFAULT_PATTERN
-from gptkit.tokenizers.streaming import iter_pieces, map_in_order, read_text_blocks
+from gptkit.tokenizers.streaming import iter_pieces, map_in_order
 
 FORMATS = ("lines", "jsonl", "bin", "npy")
 LINE_BATCH_BYTES = 1 << 18  # lines are encoded in batches of about 256 kB, one batch per thread task
@@ -76,8 +77,6 @@ def train_from_files(
     log: Callable[[str], None] = lambda msg: None,
 ) -> Tokenizer:
     """Train a tokenizer of `kind` on UTF-8 files (read in pieces, never whole) and save it in `out`."""
-    from gptkit.sources import collect_text_files
-
     paths = collect_text_files(files)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -34,7 +34,7 @@ def files(tmp_path):
 def test_streaming_equals_in_memory(files, tmp_path, tokenizer, monkeypatch):
     folder, texts = files
     monkeypatch.setattr("gptkit.tokenizers.streaming.PIECE_CHARS", 1000)  # cut into many pieces
-    monkeypatch.setattr("gptkit.tokenizers.streaming.BLOCK_BYTES", 777)
+    monkeypatch.setattr("gptkit.sources.BLOCK_BYTES", 777)
     pieces = []
     real_iter_pieces = prepare.iter_pieces
     monkeypatch.setattr(prepare, "iter_pieces", lambda blocks: (pieces.append(p) or p for p in real_iter_pieces(blocks)))
@@ -84,7 +84,7 @@ def test_training_text_is_capped(tmp_path, monkeypatch):
 
 def test_invalid_utf8_is_reported_before_any_work(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"fine\n" * 10 + b"\xff oops")
-    with pytest.raises(GptkitError, match="not valid UTF-8 \\(byte 50\\)"):
+    with pytest.raises(GptkitError, match="not valid UTF-8 \\(byte 50: b'\\\\xff oo'\\)"):
         prepare_text([tmp_path / "bad.txt"], tmp_path / "out", "bpe:300")
     assert not (tmp_path / "out").exists()
 
@@ -127,3 +127,16 @@ def test_resume_refuses_data_with_another_tokenizer(tmp_path):
     result = train(model_config, train_config.__class__(**{**train_config.__dict__, "max_iters": 4}), resume=True)
     assert result.step == 4
     assert json.loads((tmp_path / "data" / "meta.json").read_text())["tokenizer"]["merges"]
+
+
+def test_text_blocks_complete_characters_split_between_blocks():
+    import io
+
+    from gptkit.sources import read_text_blocks
+
+    text = "héllo 😀 日本語 " * 50
+    blocks = list(read_text_blocks(io.BytesIO(text.encode()), "t", block_bytes=7))
+    assert "".join(blocks) == text and len(blocks) > 50
+    data = "😀".encode() * 3 + b"\xff"  # the bad byte comes after characters split across blocks
+    with pytest.raises(GptkitError, match="byte 12"):
+        list(read_text_blocks(io.BytesIO(data), "t", block_bytes=5))

@@ -1,4 +1,4 @@
-"""Tokenizing text too large for memory: read it in blocks, cut it into pieces, encode on all cores.
+"""Tokenizing text too large for memory: cut it into pieces, encode them on all cores.
 
 The cut is the delicate part. Tokenizers first split text into chunks (BPE's regex; SentencePiece's
 lines) and never merge across chunks, so cutting the text *between* two chunks changes nothing: the
@@ -9,59 +9,23 @@ the same chunk as the letter after it, and the chunk that ends with it ends ther
 (A line longer than MAX_PIECE_CHARS is cut where it is: the only place ids may differ from encoding
 the whole text at once.)
 
-Encoding runs on a thread pool. tiktoken's Rust core releases Python's GIL while it encodes, so its
+Text comes in as blocks from sources.read_text_blocks. Encoding runs on a thread pool. tiktoken's Rust core releases Python's GIL while it encodes, so its
 tokenizers (gptkit's BPE, gpt2, ...) really use every core; results come back in order.
 """
 
 from __future__ import annotations
 
-import codecs
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
-from gptkit.errors import GptkitError
-
-BLOCK_BYTES = 1 << 20  # read 1 MiB at a time
 PIECE_CHARS = 1 << 20  # encode about 1M characters per task
 MAX_PIECE_CHARS = 16 << 20  # give up looking for a clean cut past this
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def read_text_blocks(source: str | Path | BinaryIO, name: str | None = None, block_bytes: int | None = None) -> Iterator[str]:
-    """Decode a UTF-8 file (a path or a binary stream, e.g. stdin) block by block, never holding
-    more than one block (BLOCK_BYTES by default). A character split between two blocks is completed
-    by the next one."""
-    block_bytes = block_bytes or BLOCK_BYTES
-    if isinstance(source, (str, Path)):
-        with open(source, "rb") as f:
-            yield from read_text_blocks(f, str(source), block_bytes)
-        return
-    name = name or getattr(source, "name", "the input")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    while True:
-        block = source.read(block_bytes)
-        if offset == 0 and b"\x00" in block[:65536]:
-            raise GptkitError(f"{name} looks like a binary file (it contains NUL bytes)", hint="gptkit tokenizes UTF-8 text")
-        carried = len(decoder.getstate()[0])  # bytes of a character the last block left unfinished
-        try:
-            text = decoder.decode(block, final=not block)
-        except UnicodeDecodeError as e:
-            raise GptkitError(
-                f"{name} is not valid UTF-8 (byte {offset - carried + e.start:,})",
-                hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE`",
-            ) from None
-        if text:
-            yield text
-        if not block:
-            return
-        offset += len(block)
 
 
 def next_clean_cut(text: str, start: int) -> int:
