@@ -1,11 +1,20 @@
 """Stage 1, `gptkit prepare`: raw text -> token shards + meta.json + tokenizer.json.
 
     prepare_shakespeare("data/shakespeare")                       # download (or --source) and tokenize
-    prepare_text(["notes/", "book.txt"], "data/mine", "gpt2")     # your own files
+    prepare_text(["notes/", "book.txt"], "data/mine", "bpe:4096") # your own files
 
 The text is split before tokenizing: the first (1 - val_fraction) of the characters are the training
 split, the rest validation, exactly as nanoGPT splits tiny Shakespeare. Several documents (files) are
 joined with the tokenizer's <|endoftext|> id so the model learns where one ends and the next begins.
+
+The tokenizer is a name or a path (see gptkit.tokenizers.build_tokenizer). Those that learn a
+vocabulary are trained here: char on all the text (every character needs an id), bpe and sp-* on
+the training split only (its first TOKENIZER_TRAIN_CHARS characters), so validation text stays unseen.
+
+prepare_text streams: files are read in blocks, cut into pieces that tokenize exactly like the whole
+(see tokenizers/streaming.py), encoded on every core and written to the shards as they come, so
+memory stays flat whatever the corpus size. A first pass over the files checks that they are UTF-8,
+counts their characters (to place the train/val cut) and hashes them for meta.json.
 """
 
 from __future__ import annotations
@@ -13,18 +22,24 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from gptkit.errors import GptkitError, UsageError
-from gptkit.shards import SPLITS, token_dtype_for, write_meta, write_shard
-from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_file, read_text_files
-from gptkit.tokenizers import Tokenizer, build_tokenizer
+from gptkit.errors import GptkitError, Problems, UsageError
+from gptkit.shards import SPLITS, ShardWriter, token_dtype_for, write_meta
+from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_blocks, read_text_file
+from gptkit.tokenizers import Tokenizer, build_tokenizer, needs_corpus
+from gptkit.tokenizers.streaming import iter_pieces, map_in_order
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # like llm.c: 100M tokens (200 MB of uint16) per shard
+TOKENIZER_TRAIN_CHARS = 50_000_000  # bpe/sp-* learn from at most this much text (time, not memory)
 
 
 @dataclass
@@ -67,47 +82,92 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
 def prepare_documents(
     docs: list[Document],
     out: str | Path,
-    tokenizer_name: str,
+    tokenizer_name: str | Tokenizer,
     val_fraction: float = 0.1,
     source: dict | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
-    """Tokenize documents into a data folder. Returns the meta.json dict."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise GptkitError(f"--out {out} exists and is not a folder")
+    """Tokenize documents held in memory into a data folder. Returns the meta.json dict."""
+    out = _check_out(out)
     if not any(d.text for d in docs):
         raise GptkitError("the input text is empty")
     splits_text = split_documents(docs, val_fraction)
+    tokenizer = get_tokenizer(tokenizer_name, lambda: [d.text for d in docs], lambda: splits_text["train"], log)
 
-    tokenizer = build_tokenizer(tokenizer_name, corpus="".join(d.text for d in docs) if tokenizer_name == "char" else None)
+    with _staging(out) as staging:
+        splits = {}
+        for split in SPLITS:
+            writer = ShardWriter(staging, split, token_dtype_for(tokenizer.vocab_size), shard_tokens)
+            writer.write(encode_documents(tokenizer, splits_text[split]))
+            num_bytes = sum(len(t.encode("utf-8")) for t in splits_text[split])
+            splits[split] = _split_info(writer, num_bytes, log)
+        return _finish(staging, out, tokenizer, splits, source or {})
+
+
+def get_tokenizer(
+    choice: str | Tokenizer,
+    all_text: Callable[[], Iterable[str]],
+    train_text: Callable[[], Iterable[str]],
+    log: Callable[[str], None] = lambda msg: None,
+) -> Tokenizer:
+    """The tokenizer `choice` names, trained if it learns a vocabulary (char on all the text, the
+    others on the training split, capped at TOKENIZER_TRAIN_CHARS)."""
+    if isinstance(choice, Tokenizer):
+        tokenizer = choice
+    elif not needs_corpus(choice):
+        tokenizer = build_tokenizer(choice)
+    elif choice.startswith("char"):
+        tokenizer = build_tokenizer(choice, all_text())
+    else:
+        started = time.perf_counter()
+        tokenizer = build_tokenizer(choice, _first_chars(train_text(), TOKENIZER_TRAIN_CHARS))
+        log(f"trained {tokenizer.name} on the training split in {time.perf_counter() - started:.1f} s")
     log(f"tokenizer: {tokenizer.name}, vocabulary of {tokenizer.vocab_size:,}")
+    return tokenizer
 
-    # Write into a fresh temporary folder, then swap it in: a half-prepared folder never looks complete.
+
+def _first_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
+    for text in texts:
+        yield text[:limit]
+        limit -= len(text)
+        if limit <= 0:
+            return
+
+
+def _check_out(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GptkitError(f"--out {out} exists and is not a folder")
+    return out
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `out`, swapped in by _finish: a half-prepared folder never
+    looks complete, and a failure leaves the old one untouched."""
     staging = out.with_name(f".{out.name}.preparing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        splits = {}
-        for split in SPLITS:
-            tokens = encode_documents(tokenizer, splits_text[split])
-            names = []
-            for n, start in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
-                name = f"{split}_{n:06d}.bin"
-                write_shard(staging / name, tokens[start : start + shard_tokens])
-                names.append(name)
-            num_bytes = sum(len(t.encode("utf-8")) for t in splits_text[split])
-            splits[split] = {"tokens": int(len(tokens)), "bytes": num_bytes, "shards": names}
-            log(f"{split}: {len(tokens):,} tokens from {num_bytes:,} bytes in {len(names)} shard(s)")
-        tokenizer.save(staging)
-        meta = write_meta(staging, tokenizer.spec(), tokenizer.vocab_size, tokenizer.eot_id, splits, source or {})
-        if out.exists():
-            _replace_data_folder(out, staging)
-        else:
-            os.replace(staging, out)
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _split_info(writer: ShardWriter, num_bytes: int, log: Callable[[str], None]) -> dict:
+    names = writer.close()
+    log(f"{writer.split}: {writer.total:,} tokens from {num_bytes:,} bytes in {len(names)} shard(s)")
+    return {"tokens": writer.total, "bytes": num_bytes, "shards": names}
+
+
+def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source: dict) -> dict:
+    tokenizer.save(staging)
+    meta = write_meta(staging, tokenizer.spec(), tokenizer.vocab_size, tokenizer.eot_id, splits, source)
+    if out.exists():
+        _replace_data_folder(out, staging)
+    else:
+        os.replace(staging, out)
     return meta
 
 
@@ -127,19 +187,47 @@ def _replace_data_folder(out: Path, staging: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _file_source(name: str, files: list[Path]) -> dict:
-    entries = []
-    combined = hashlib.sha256()
-    for f in files:
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        combined.update(digest.encode())
-        entries.append({"path": str(f), "bytes": f.stat().st_size, "sha256": digest})
-    return {"name": name, "sha256": entries[0]["sha256"] if len(entries) == 1 else combined.hexdigest(), "files": entries}
+@dataclass
+class TextFile:
+    """A text file seen by the first pass: its size, hash and length in characters."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    chars: int
+
+
+class _HashingReader:
+    """A binary file that hashes what is read from it, so checking and hashing take one pass."""
+
+    def __init__(self, f):
+        self.f, self.sha256, self.name = f, hashlib.sha256(), str(f.name)
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.sha256.update(data)
+        return data
+
+
+def scan_text_file(path: Path) -> TextFile:
+    """Check that a file is UTF-8 text, count its characters and hash it, reading it in blocks."""
+    if path.is_dir():
+        raise GptkitError(f"{path} is a folder, not a text file")
+    with open(path, "rb") as f:
+        reader = _HashingReader(f)
+        chars = sum(len(block) for block in read_text_blocks(reader))
+    return TextFile(path, path.stat().st_size, reader.sha256.hexdigest(), chars)
+
+
+def _file_source(name: str, files: list[TextFile]) -> dict:
+    entries = [{"path": str(f.path), "bytes": f.bytes, "sha256": f.sha256} for f in files]
+    combined = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
+    return {"name": name, "sha256": entries[0]["sha256"] if len(entries) == 1 else combined, "files": entries}
 
 
 def prepare_shakespeare(
     out: str | Path = "data/shakespeare",
-    tokenizer: str = "char",
+    tokenizer: str | Tokenizer = "char",
     source: str | Path | None = None,
     val_fraction: float = 0.1,
     log: Callable[[str], None] = lambda msg: None,
@@ -149,7 +237,7 @@ def prepare_shakespeare(
     source = source or os.environ.get("GPTKIT_SHAKESPEARE") or None
     path = Path(source) if source else fetch_dataset(dataset)
     text = read_text_file(path)
-    info = _file_source("shakespeare", [path])
+    info = _file_source("shakespeare", [scan_text_file(path)])
     if info["sha256"] != dataset.sha256:
         log(f"warning: {path} differs from the standard tiny Shakespeare (sha256 {info['sha256'][:12]}...); using it anyway")
     log(f"source: {path} ({len(text):,} characters)")
@@ -159,16 +247,96 @@ def prepare_shakespeare(
 def prepare_text(
     paths: list[str | Path],
     out: str | Path,
-    tokenizer: str = "char",
+    tokenizer: str | Tokenizer = "char",
     val_fraction: float = 0.1,
     log: Callable[[str], None] = lambda msg: None,
+    *,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    workers: int | None = None,
 ) -> dict:
-    """Prepare the user's own UTF-8 text files (folders are searched recursively); one document per file."""
+    """Prepare the user's own UTF-8 text files (folders are searched recursively); one document per
+    file. Streams: memory does not grow with the size of the corpus."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    out = _check_out(out)
     out_dir = Path(out).resolve()
     # A data folder inside an input folder (`prepare text notes/ --out notes/data`) is output, not input.
-    files = [f for f in collect_text_files(paths) if out_dir not in f.resolve().parents]
-    if not files:
+    inputs = [f for f in collect_text_files(paths) if out_dir not in f.resolve().parents]
+    if not inputs:
         raise GptkitError("no input files left once the output folder is set aside")
-    docs = [Document(str(f), text) for f, text in zip(files, read_text_files(files))]
-    log(f"source: {len(files)} file(s), {sum(len(d.text) for d in docs):,} characters")
-    return prepare_documents(docs, out, tokenizer, val_fraction, _file_source("text", files), log=log)
+    problems, files = Problems(), []
+    for path in inputs:  # one error names every file that cannot be read
+        with problems.check():
+            files.append(scan_text_file(path))
+    problems.raise_if_any()
+    total = sum(f.chars for f in files)
+    if total == 0:
+        raise GptkitError("the input text is empty")
+    log(f"source: {len(files)} file(s), {total:,} characters")
+    cut = int(total * (1.0 - val_fraction))  # as split_documents: the first `cut` characters train
+
+    def train_text() -> Iterator[str]:
+        return (piece for split, pieces in _document_parts(files, cut) if split == "train" for piece in pieces)
+
+    tokenizer = get_tokenizer(tokenizer, lambda: _all_text(files), train_text, log)
+    eot = tokenizer.eot_id
+
+    def tasks() -> Iterator[tuple[str, str | None]]:
+        """(split, piece of text to encode), with (split, None) for an <|endoftext|> between documents."""
+        started = set()
+        for split, pieces in _document_parts(files, cut):
+            if split in started and eot is not None:
+                yield split, None
+            started.add(split)
+            for piece in pieces:
+                yield split, piece
+
+    def encode(task: tuple[str, str | None]) -> tuple[str, list[int], int]:
+        split, piece = task
+        if piece is None:
+            return split, [eot], 0
+        return split, tokenizer.encode_ordinary(piece), len(piece.encode("utf-8"))
+
+    dtype = token_dtype_for(tokenizer.vocab_size)
+    with _staging(out) as staging:
+        writers = {split: ShardWriter(staging, split, dtype, shard_tokens) for split in SPLITS}
+        num_bytes = dict.fromkeys(SPLITS, 0)
+        started, next_report = time.perf_counter(), 100_000_000
+        for split, ids, piece_bytes in map_in_order(encode, tasks(), workers):
+            writers[split].write(ids)
+            num_bytes[split] += piece_bytes
+            done = sum(num_bytes.values())
+            if done >= next_report:
+                seconds = time.perf_counter() - started
+                log(f"encoded {done / 1e6:,.0f} MB, {done / 1e6 / max(seconds, 1e-9):.1f} MB/s")
+                next_report = done + 100_000_000
+        splits = {split: _split_info(writers[split], num_bytes[split], log) for split in SPLITS}
+        return _finish(staging, out, tokenizer, splits, _file_source("text", files))
+
+
+def _all_text(files: list[TextFile]) -> Iterator[str]:
+    for f in files:
+        yield from read_text_blocks(f.path)
+
+
+def _document_parts(files: list[TextFile], cut: int) -> Iterator[tuple[str, Iterator[str]]]:
+    """(split, its text in cleanly cut pieces) for each file's part in each split, in reading order.
+    A file that straddles the train/val cut has a part in each."""
+    for (split, _), blocks in groupby(_blocks_by_split(files, cut), key=lambda b: b[:2]):
+        yield split, iter_pieces(block for _, _, block in blocks)
+
+
+def _blocks_by_split(files: list[TextFile], cut: int) -> Iterator[tuple[str, int, str]]:
+    """(split, file index, block of text) in reading order: blocks before character `cut` are
+    "train", the rest "val"; the block that straddles the cut is split in two."""
+    seen = 0
+    for index, f in enumerate(files):
+        for block in read_text_blocks(f.path):
+            if seen + len(block) <= cut:
+                yield "train", index, block
+            elif seen >= cut:
+                yield "val", index, block
+            else:
+                yield "train", index, block[: cut - seen]
+                yield "val", index, block[cut - seen :]
+            seen += len(block)

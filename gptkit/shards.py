@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,70 @@ def token_dtype_for(vocab_size: int) -> np.dtype:
 def write_shard(path: str | Path, tokens: np.ndarray) -> None:
     """Write one shard atomically. `tokens` must already have dtype uint16 or uint32."""
     tokens = np.ascontiguousarray(tokens)
-    magic = {np.dtype(np.uint16): MAGIC_UINT16, np.dtype(np.uint32): MAGIC_UINT32}.get(tokens.dtype)
-    if magic is None:
-        raise ValueError(f"shard tokens must be uint16 or uint32, not {tokens.dtype}")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = magic, SHARD_VERSION, len(tokens)
+    header = _shard_header(tokens.dtype, len(tokens))
     with atomic_open(path, "wb") as f:
-        f.write(header.tobytes())
+        f.write(header)
         f.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def _shard_header(dtype: np.dtype, count: int) -> bytes:
+    magic = {np.dtype(np.uint16): MAGIC_UINT16, np.dtype(np.uint32): MAGIC_UINT32}.get(np.dtype(dtype))
+    if magic is None:
+        raise ValueError(f"shard tokens must be uint16 or uint32, not {dtype}")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = magic, SHARD_VERSION, count
+    return header.tobytes()
+
+
+class ShardWriter:
+    """Streams one split's tokens into shards `{split}_000000.bin`, ... of `shard_tokens` tokens each.
+
+    Tokens go to disk as they arrive, so memory stays flat however large the corpus; a shard's header
+    gets its token count when the shard is full or the writer is closed. Files are written in place,
+    not atomically: write into a staging folder and move it into place when done (as prepare does).
+    """
+
+    def __init__(self, folder: str | Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.folder, self.split, self.dtype, self.shard_tokens = Path(folder), split, np.dtype(dtype), shard_tokens
+        self.names: list[str] = []
+        self.total = 0
+        self._file = None
+        self._count = 0  # tokens in the open shard
+
+    def write(self, tokens) -> None:
+        tokens = np.asarray(tokens, dtype=self.dtype.newbyteorder("<"))
+        while len(tokens):
+            if self._file is None:
+                self._open_next()
+            part = tokens[: self.shard_tokens - self._count]
+            self._file.write(part.tobytes())
+            self._count += len(part)
+            self.total += len(part)
+            tokens = tokens[len(part) :]
+            if self._count == self.shard_tokens:
+                self._finish_shard()
+
+    def _open_next(self) -> None:
+        self.names.append(f"{self.split}_{len(self.names):06d}.bin")
+        self._file = open(self.folder / self.names[-1], "wb")
+        self._file.write(_shard_header(self.dtype, 0))  # the count is filled in by _finish_shard
+        self._count = 0
+
+    def _finish_shard(self) -> None:
+        self._file.seek(0)
+        self._file.write(_shard_header(self.dtype, self._count))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def close(self) -> list[str]:
+        """Finish the last shard (a split with no tokens still gets one, empty) and return the names."""
+        if self._file is None and not self.names:
+            self._open_next()
+        if self._file is not None:
+            self._finish_shard()
+        return self.names
 
 
 def read_shard(path: str | Path) -> np.ndarray:

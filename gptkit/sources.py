@@ -7,12 +7,15 @@ GPTKIT_SHAKESPEARE environment variable) points at a local copy instead.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from gptkit.errors import GptkitError, Problems
 from gptkit.fileio import atomic_write_bytes
@@ -67,23 +70,48 @@ def fetch_dataset(dataset: Dataset, timeout: float = 30.0) -> Path:
     return path
 
 
+BLOCK_BYTES = 1 << 20  # text files are read 1 MiB at a time
+
+
+def read_text_blocks(source: str | Path | BinaryIO, name: str | None = None, block_bytes: int | None = None) -> Iterator[str]:
+    """Decode a UTF-8 file (a path or a binary stream, e.g. stdin) block by block, never holding
+    more than one block (BLOCK_BYTES by default); a character split between two blocks is completed
+    by the next one. Refuses binary and non-UTF-8 input with a message that names it."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as f:
+            yield from read_text_blocks(f, str(source), block_bytes)
+        return
+    name = name or getattr(source, "name", "the input")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    while True:
+        block = source.read(block_bytes)
+        if offset == 0 and b"\x00" in block[:65536]:
+            raise GptkitError(f"{name} looks like a binary file (it contains NUL bytes)", hint="gptkit trains on UTF-8 text")
+        carried = decoder.getstate()[0]  # bytes of a character the previous block left unfinished
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as e:
+            raise GptkitError(
+                f"{name} is not valid UTF-8 (byte {offset - len(carried) + e.start:,}: {(carried + block)[e.start:e.start + 4]!r})",
+                hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE`",
+            ) from None
+        if text:
+            yield text
+        if not block:
+            return
+        offset += len(block)
+
+
 def read_text_file(path: str | Path) -> str:
-    """Read a UTF-8 text file, refusing binary or non-UTF-8 files with a message that names them."""
+    """Read a whole UTF-8 text file, refusing binary or non-UTF-8 files with a message that names them."""
     path = Path(path)
     if not path.exists():
         raise GptkitError(f"{path} does not exist")
     if path.is_dir():
         raise GptkitError(f"{path} is a folder, not a text file")
-    data = path.read_bytes()
-    if b"\x00" in data[:65536]:
-        raise GptkitError(f"{path} looks like a binary file (it contains NUL bytes)", hint="gptkit trains on UTF-8 text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise GptkitError(
-            f"{path} is not valid UTF-8 (byte {e.start:,}: {data[e.start:e.start + 4]!r})",
-            hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE`",
-        ) from None
+    return "".join(read_text_blocks(path))
 
 
 def read_text_files(paths: list[Path]) -> list[str]:

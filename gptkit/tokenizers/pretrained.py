@@ -7,7 +7,7 @@ TIKTOKEN_CACHE_DIR, or a temp folder). Offline, a clear error says how to provid
 from __future__ import annotations
 
 from gptkit.errors import GptkitError
-from gptkit.tokenizers.base import ENDOFTEXT, Tokenizer
+from gptkit.tokenizers.tiktoken_backed import TiktokenBackedTokenizer
 
 PRETRAINED = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 
@@ -28,31 +28,16 @@ def load_tiktoken_encoding(name: str):
         ) from e
 
 
-class TiktokenTokenizer(Tokenizer):
+class TiktokenTokenizer(TiktokenBackedTokenizer):
     kind = "tiktoken"
 
     def __init__(self, encoding_name: str):
         self.encoding_name = encoding_name
         self.encoding = load_tiktoken_encoding(encoding_name)
-        self._eot = self.encoding._special_tokens.get(ENDOFTEXT)
 
     @property
     def name(self) -> str:
         return self.encoding_name
-
-    @property
-    def vocab_size(self) -> int:
-        return self.encoding.n_vocab
-
-    @property
-    def eot_id(self) -> int | None:
-        return self._eot
-
-    def encode(self, text: str) -> list[int]:
-        return self.encoding.encode_ordinary(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.encoding.decode(ids, errors="replace")
 
     def spec(self) -> dict:
         return {"kind": self.kind, "encoding": self.encoding_name}
