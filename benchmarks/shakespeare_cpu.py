@@ -1,11 +1,11 @@
 """Benchmark: gptkit's CPU presets against nanoGPT's recipe, side by side in one run.
 
     python benchmarks/shakespeare_cpu.py [--source tinyshakespeare.txt] [--repeats 1]
-        [--presets shakespeare-char-cpu,shakespeare-char-cpu-fast]
+        [--variants shakespeare-char-cpu,cpu+gpt2-block,shakespeare-char-cpu-fast]
 
 Prepares tiny Shakespeare (char) once, then for each repeat runs, one after the other on the same
 machine: the nanoGPT reference (benchmarks/nanogpt_reference.py, 2000 iterations) and `gptkit train`
-with each preset. Prints, for each, the final val loss (nanoGPT's 20-batch estimate and the exact
+in each variant (see VARIANTS). Prints, for each, the final val loss (nanoGPT's 20-batch estimate and the exact
 loss over the whole val split), the process's wall time and the median ms per training iteration,
 then the ratios to the reference. The machine is noisy: trust ratios within one run, not absolutes,
 and run it on an otherwise idle machine (a busy core slows torch's threads many times over).
@@ -42,17 +42,29 @@ def bench_reference(data: Path, max_iters: int) -> dict:
     return {**result, "wall_s": wall}
 
 
-def bench_gptkit(preset: str, data: Path, run_dir: Path, extra: list[str]) -> dict:
+# What runs beside the reference: (label, preset, extra options). The second row is the first with
+# nanoGPT's own GPT-2 block, so the reference and gptkit are timed on identical models too.
+GPT2_BLOCK = ["--position", "learned", "--norm", "layernorm", "--mlp", "gelu"]
+VARIANTS = {
+    "shakespeare-char-cpu": ("shakespeare-char-cpu", []),
+    "cpu+gpt2-block": ("shakespeare-char-cpu", GPT2_BLOCK),
+    "shakespeare-char-cpu-fast": ("shakespeare-char-cpu-fast", []),
+}
+
+
+def bench_gptkit(label: str, data: Path, run_dir: Path, extra: list[str]) -> dict:
+    preset, variant_args = VARIANTS[label]
     gptkit = [sys.executable, "-m", "gptkit"]
     out, wall = run(
-        gptkit + ["train", "--preset", preset, "--data", str(data), "--out", str(run_dir), "--overwrite", "--json", *extra]
+        gptkit + ["train", "--preset", preset, "--data", str(data), "--out", str(run_dir), "--overwrite", "--json",
+                  *variant_args, *extra]
     )
     result = json.loads(out)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ms = [r["ms_per_iter"] for r in records if "ms_per_iter" in r]
     full, _ = run(gptkit + ["eval", "--ckpt", str(run_dir / "ckpt.safetensors"), "--data", str(data), "--json"])
     return {
-        "name": preset,
+        "name": label,
         "val_loss": result["val_loss"],
         "full_val_loss": json.loads(full)["val_loss"],
         "ms_per_iter": statistics.median(ms),
@@ -64,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default=os.environ.get("GPTKIT_SHAKESPEARE") or str(DEFAULT_SOURCE))
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--presets", default="shakespeare-char-cpu,shakespeare-char-cpu-fast")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--max-iters", type=int, default=2000, help="the reference's iterations")
     ap.add_argument("--gptkit-args", default="", help="extra options for gptkit train, e.g. '--max-iters 100'")
     args = ap.parse_args()
@@ -75,10 +87,10 @@ def main() -> None:
         data = Path(tmp) / "data"
         prepare_shakespeare(data, "char", args.source)
         rows = []
-        presets = args.presets.split(",")
+        variants = args.variants.split(",")
         for r in range(args.repeats):
             results = [bench_reference(data, args.max_iters)]
-            results += [bench_gptkit(p, data, Path(tmp) / p, args.gptkit_args.split()) for p in presets]
+            results += [bench_gptkit(p, data, Path(tmp) / p, args.gptkit_args.split()) for p in variants]
             for result in results:
                 result["repeat"] = r
                 rows.append(result)
@@ -96,11 +108,11 @@ def main() -> None:
         m = med[name]
         print(f"{name:<28}{m['val_loss']:>10.4f}{m['full_val_loss']:>10.4f}{m['wall_s']:>10.1f}{m['ms_per_iter']:>10.1f}")
     ref = med["nanogpt-reference"]
-    for preset in presets:
-        ours = med[preset]
-        speed = [a["ms_per_iter"] / b["ms_per_iter"] for a, b in zip(by_name["nanogpt-reference"], by_name[preset])]
-        walls = [a["wall_s"] / b["wall_s"] for a, b in zip(by_name["nanogpt-reference"], by_name[preset])]
-        print(f"\n{preset}: per-iteration speed-up over the reference {statistics.median(speed):.2f}x, "
+    for label in variants:
+        ours = med[label]
+        speed = [a["ms_per_iter"] / b["ms_per_iter"] for a, b in zip(by_name["nanogpt-reference"], by_name[label])]
+        walls = [a["wall_s"] / b["wall_s"] for a, b in zip(by_name["nanogpt-reference"], by_name[label])]
+        print(f"\n{label}: per-iteration speed-up over the reference {statistics.median(speed):.2f}x, "
               f"wall-time ratio {statistics.median(walls):.2f}x, val loss {ours['val_loss']:.4f} "
               f"(reference {ref['val_loss']:.4f}; nanoGPT's published run here: 1.8857)")
 
