@@ -63,17 +63,26 @@ def _open(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str
     """Read a safetensors file, turning every way it can be broken into a clear GptkitError."""
     from safetensors import SafetensorError, safe_open
 
-    if not path.exists():
-        raise GptkitError(f"{kind} {path} does not exist", hint="train one with `gptkit train`, or check the path")
-    if path.is_dir():
-        raise GptkitError(f"{kind} {path} is a folder", hint=f"pass the file, e.g. {path / 'ckpt.safetensors'}")
+    _check_is_file(path, kind)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise DamagedFile(path, f"is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise _unreadable(path, e) from None
     return tensors, metadata
+
+
+def _check_is_file(path: Path, kind: str) -> None:
+    if not path.exists():
+        raise GptkitError(f"{kind} {path} does not exist", hint="train one with `gptkit train`, or check the path")
+    if path.is_dir():
+        raise GptkitError(f"{kind} {path} is a folder", hint=f"pass the file, e.g. {path / 'ckpt.safetensors'}")
+
+
+def _unreadable(path: Path, error: Exception) -> DamagedFile:
+    # safetensors' own words ("file not fully covered") don't say what happened to the file: we do.
+    return DamagedFile(path, f"is not a readable safetensors file (truncated or damaged: {str(error).splitlines()[0][:120]})")
 
 
 class DamagedFile(GptkitError):
@@ -223,13 +232,12 @@ def peek_checkpoint(path: str | Path) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise GptkitError(f"checkpoint {path} does not exist", hint="train one with `gptkit train`, or check the path")
+    _check_is_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise DamagedFile(path, f"is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise _unreadable(path, e) from None
     _check_format(path, metadata, CHECKPOINT_FORMAT)
     return _checkpoint_from(path, metadata, {})
 

@@ -136,10 +136,23 @@ def _first_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
 
 
 def _check_out(out: str | Path) -> Path:
+    """Refuse an --out that cannot become a data folder before any work is done, not after."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GptkitError(f"--out {out} exists and is not a folder")
+    if out.is_dir():
+        _refuse_foreign_files(out)
     return out
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """An existing data folder is replaced; a folder holding anything else (the user's text, say) is not ours."""
+    existing = [p.name for p in out.iterdir()]
+    if not all(n == "meta.json" or n == "tokenizer.json" or n.endswith(".bin") for n in existing):
+        raise GptkitError(
+            f"--out {out} already holds files that are not gptkit data ({', '.join(sorted(existing)[:3])} ...)",
+            hint="choose an empty or new folder",
+        )
 
 
 @contextmanager
@@ -173,13 +186,7 @@ def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source
 
 def _replace_data_folder(out: Path, staging: Path) -> None:
     """Swap a newly prepared folder in for an old one, refusing to clobber a folder that isn't ours."""
-    existing = [p.name for p in out.iterdir()]
-    ours = all(n == "meta.json" or n == "tokenizer.json" or n.endswith(".bin") for n in existing)
-    if existing and not ours:
-        raise GptkitError(
-            f"--out {out} already holds files that are not gptkit data ({', '.join(sorted(existing)[:3])} ...)",
-            hint="choose an empty or new folder",
-        )
+    _refuse_foreign_files(out)  # again: the folder may have changed while the text was tokenized
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(out, old)

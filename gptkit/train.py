@@ -277,14 +277,17 @@ def train(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - started
 
-    def save(step: int, train_loss: float | None, val_loss: float | None) -> bool:
-        nonlocal best_val_loss, last_saved
+    def refuse_broken_weights(step: int) -> None:
         if not weights_are_finite(model):  # never replace a good checkpoint with a broken model
             where = f"{out / CKPT_NAME} still holds step {last_saved}" if last_saved is not None else "nothing was saved"
             raise BadLoss(
                 f"the model's weights hold NaN or inf at step {step}; not saved ({where})",
                 hint="lower the learning rate, keep --grad-clip on, and resume from the last checkpoint",
             )
+
+    def save(step: int, train_loss: float | None, val_loss: float | None) -> bool:
+        nonlocal best_val_loss, last_saved
+        refuse_broken_weights(step)
         is_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
         rng_tensors, rng_states = capture_rng_states(batch_generator)
         state = {
@@ -302,10 +305,11 @@ def train(
         return is_best
 
     def evaluate_and_save(step: int) -> tuple[float, float]:
+        refuse_broken_weights(step)  # first: broken weights are the cause, a NaN evaluation only the symptom
         train_loss = estimate_loss(forward, train_split, cfg, model_config.block_size, runtime)
         val_loss = estimate_loss(forward, val_split, cfg, model_config.block_size, runtime)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):  # never save a diverged model
-            raise GptkitError(
+            raise BadLoss(
                 f"the evaluation loss became {val_loss if math.isfinite(train_loss) else train_loss} at step {step}; "
                 "stopped without saving this model",
                 hint="lower --learning-rate, keep --grad-clip on, or resume from the last checkpoint",

@@ -24,7 +24,9 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 _SHAKESPEARE_ENV = os.environ.get("GPTKIT_SHAKESPEARE")
 
 # Tiny models run fastest on one thread, and several agents share this machine's two cores: a second
-# thread spinning against another process makes a 3 ms step take hundreds of ms.
+# thread spinning against another process makes a 3 ms step take hundreds of ms. (The one place this is
+# set for every test module; child processes get the same count through OMP_NUM_THREADS, which also
+# keeps their arithmetic bitwise equal to in-process runs.)
 torch.set_num_threads(1)
 
 # The tiny model every test trains: small enough for a step to take a few milliseconds.

@@ -20,11 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# One thread: these models are far too small to gain from two, and on cores shared with other work
-# the threads' spin-waits made every step 10x slower. Child processes get the same count, which also
-# keeps their arithmetic bitwise equal to in-process runs.
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 

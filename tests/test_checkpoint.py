@@ -111,25 +111,36 @@ def test_checksum_covers_names_shapes_and_values():
     assert weights_checksum(a) != weights_checksum({"w": b})
 
 
+def save_good_best(path):
+    """A good best.safetensors (step 40) next to `path`: the fallback a damaged file's error names."""
+    best = path.parent / "best.safetensors"
+    save_checkpoint(best, tiny_model(seed=1), SPEC, step=40, val_loss=2.8)
+    return best
+
+
 def test_corrupted_weights_fail_the_checksum(saved):
     path, _ = saved
+    best = save_good_best(path)
     raw = bytearray(path.read_bytes())
     _, data_start = header_of(path)
     raw[data_start + 100] ^= 0x01  # flip one bit of one weight
     path.write_bytes(bytes(raw))
-    with pytest.raises(GptkitError, match="is corrupted: its weights do not match the checksum") as info:
+    with pytest.raises(GptkitError) as info:
         load_checkpoint(path)
-    assert "best.safetensors" in info.value.hint
+    assert info.value.message == f"{path} is corrupted: its weights do not match the checksum stored with them"
+    assert info.value.hint == f"the last good checkpoint is {best} (step 40); use it instead, or train again"
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999, 10 / 100_000])
 def test_truncated_file(saved, keep):
     path, _ = saved
+    best = save_good_best(path)
     raw = path.read_bytes()
     path.write_bytes(raw[: max(int(len(raw) * keep), 4)])
-    with pytest.raises(GptkitError, match="is not a readable safetensors file") as info:
+    with pytest.raises(GptkitError) as info:
         load_checkpoint(path)
-    assert "truncated" in info.value.hint
+    assert info.value.message.startswith(f"{path} is not a readable safetensors file (truncated or damaged: ")
+    assert info.value.hint == f"the last good checkpoint is {best} (step 40); use it instead, or train again"
 
 
 def test_empty_and_text_files(tmp_path):

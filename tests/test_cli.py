@@ -44,9 +44,12 @@ def test_end_to_end_prepare_train_eval_sample_resume(tmp_path, shakespeare_file)
     # train (defaults: --data data/shakespeare --out out): stdout is the checkpoint's path
     r = gptkit_cmd("train", *TINY_TRAIN_ARGS, "--max-iters", "20", "--eval-interval", "10")
     assert r.stdout == "out/ckpt.safetensors\n"
-    assert "step     20 | loss" in r.stderr and "val loss" in r.stderr  # plain progress lines: stderr is a pipe
+    assert "step     20/20 | loss" in r.stderr and "val loss" in r.stderr  # plain progress lines: stderr is a pipe
     run = tmp_path / "out"
-    assert {"ckpt.safetensors", "best.safetensors", "resume.safetensors", "config.toml", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    assert {"ckpt.safetensors", "best.safetensors", "checkpoints", "config.toml", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_000010.resume.safetensors", "step_000010.safetensors", "step_000020.resume.safetensors", "step_000020.safetensors",
+    ]
     assert load_checkpoint(run / "ckpt.safetensors").step == 20
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "val_loss" in m] == [10, 20]
@@ -68,6 +71,7 @@ def test_end_to_end_prepare_train_eval_sample_resume(tmp_path, shakespeare_file)
     # resume: continue the saved run to step 30
     r = gptkit_cmd("train", "--resume", "--max-iters", "30")
     assert r.stdout == "out/ckpt.safetensors\n"
+    assert "resumed from step 20" in r.stderr
     assert load_checkpoint(run / "ckpt.safetensors").step == 30
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 30 and 20 in steps
@@ -246,10 +250,6 @@ def mistakes_setup(tmp_path_factory, tiny_run):
     truncated = root / "truncated.safetensors"
     truncated.write_bytes(tiny_run.ckpt.read_bytes()[:5000])
     (root / "other.txt").write_text(make_corpus(3000, seed=9).upper())
-    from gptkit.prepare import prepare_text
-
-    prepare_text([root / "other.txt"], root / "other-data")
-    (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (root / "empty-folder").mkdir()
     (root / "bad.toml").write_text("[model]\nn_layers = 2\n")
     no_data = root / "no-data.safetensors"
@@ -259,43 +259,30 @@ def mistakes_setup(tmp_path_factory, tiny_run):
 
 
 E, U = 1, 2  # failure, bad usage
+# More mistakes, each also checked for damaged or left-over files, are in test_user_errors.py: this table
+# keeps the ones it does not have (the parser's own errors, eval and sample without --data, lone files).
 MISTAKES = {
     # name: (expected exit code, expected text in the Error line, argv with {root} {run} {ckpt} {data})
-    "missing data dir": (E, "data folder {root}/nowhere does not exist", ["train", "--data", "{root}/nowhere", "--out", "{root}/r1"]),
-    "data dir is not prepared": (E, "has no meta.json", ["train", "--data", "{root}/empty-folder", "--out", "{root}/r1"]),
     "wrong checkpoint path": (E, "checkpoint {root}/missing.safetensors does not exist", ["sample", "--ckpt", "{root}/missing.safetensors"]),
-    "directory as --ckpt": (E, "is a folder", ["eval", "--ckpt", "{run}"]),
-    "prompt outside the char vocabulary": (E, "outside this char tokenizer's vocabulary: '€'", ["sample", "--ckpt", "{ckpt}", "--prompt", "the king€"]),
-    "prompt longer than the context": (E, "longer than the model's context of 16 tokens", ["sample", "--ckpt", "{ckpt}", "--prompt", "the king " * 3]),
+    "directory as --ckpt": (E, "checkpoint {run} is a folder", ["eval", "--ckpt", "{run}"]),
     "unknown preset": (U, "unknown preset 'shakespeare-gpu'", ["train", "--preset", "shakespeare-gpu", "--data", "{data}"]),
     "unknown option": (U, "No such option: --layers", ["train", "--layers", "4"]),
     "unknown command": (U, "No such command", ["finetuning"]),
     "option value of the wrong type": (U, "Invalid value for '--max-iters'", ["train", "--max-iters", "many"]),
-    "invalid hyperparameter": (U, "invalid configuration: train.learning_rate must be positive", ["train", "--lr", "0", "--out", "{root}/r1"]),
-    "heads do not divide the width": (U, "model.n_embd (32) must be divisible by model.n_head (3)", ["train", "--n-embd", "32", "--n-head", "3"]),
     "bad config file": (U, "unknown setting(s) n_layers", ["train", "--config", "{root}/bad.toml"]),
     "missing config file": (U, "config file {root}/nope.toml does not exist", ["train", "--config", "{root}/nope.toml"]),
-    "unknown device": (U, "unknown device 'tpu'", ["train", "--device", "tpu", "--data", "{data}", "--out", "{root}/r1"]),
-    "resume with nothing to resume": (E, "does not exist", ["train", "--resume", "--out", "{root}/empty-folder"]),
+    "resume with nothing to resume": (E, "cannot resume: {root}/empty-folder holds no saved training state (checkpoints/step_*.safetensors)", ["train", "--resume", "--out", "{root}/empty-folder"]),
     "resume with model options": (U, "--resume continues a run with its saved config", ["train", "--resume", "--out", "{run}", "--n-layer", "3"]),
-    "train over an existing run": (E, "already holds a training run", ["train", "--data", "{data}", "--out", "{run}", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16"]),
-    "eval on data with another tokenizer": (E, "different tokenizer", ["eval", "--ckpt", "{ckpt}", "--data", "{root}/other-data"]),
     "eval on a split that does not exist": (E, "has no 'test' split", ["eval", "--ckpt", "{ckpt}", "--split", "test"]),
     "eval of a checkpoint that does not record its data": (U, "does not record its data folder", ["eval", "--ckpt", "{root}/no-data.safetensors"]),
     "corrupted checkpoint": (E, "is corrupted: its weights do not match the checksum", ["eval", "--ckpt", "{root}/corrupted.safetensors", "--data", "{data}"]),
-    "truncated checkpoint": (E, "is not a readable safetensors file", ["sample", "--ckpt", "{root}/truncated.safetensors"]),
+    "truncated checkpoint": (E, "{root}/truncated.safetensors is not a readable safetensors file (truncated or damaged", ["sample", "--ckpt", "{root}/truncated.safetensors"]),
     "a text file as checkpoint": (E, "is not a readable safetensors file", ["sample", "--ckpt", "{root}/bad.toml"]),
-    "negative temperature": (U, "Invalid value for '--temperature'", ["sample", "--ckpt", "{ckpt}", "--temperature", "-1"]),
-    "prompt and prompt file": (U, "give --prompt or --prompt-file, not both", ["sample", "--ckpt", "{ckpt}", "--prompt", "a", "--prompt-file", "{root}/other.txt"]),
     "missing prompt file": (E, "{root}/nope.txt does not exist", ["sample", "--ckpt", "{ckpt}", "--prompt-file", "{root}/nope.txt"]),
-    "missing text file": (E, "{root}/nope.txt does not exist", ["prepare", "text", "{root}/nope.txt", "--out", "{root}/d1"]),
-    "non-UTF-8 text": (E, "is not valid UTF-8", ["prepare", "text", "{root}/latin1.txt", "--out", "{root}/d1"]),
     "empty folder of text": (E, "holds no files", ["prepare", "text", "{root}/empty-folder", "--out", "{root}/d1"]),
     "prepare text without files": (U, "Missing argument", ["prepare", "text"]),
-    "unknown tokenizer": (U, "unknown tokenizer 'gpt5'", ["prepare", "text", "{root}/other.txt", "--tokenizer", "gpt5", "--out", "{root}/d1"]),
-    "val fraction out of range": (U, "--val-fraction must be in [0, 1)", ["prepare", "text", "{root}/other.txt", "--val-fraction", "1.5", "--out", "{root}/d1"]),
     "missing --source file": (E, "{root}/nope.txt does not exist", ["prepare", "shakespeare", "--source", "{root}/nope.txt", "--out", "{root}/d1"]),
-    "prepare into a folder of other files": (E, "already holds files that are not gptkit data", ["prepare", "text", "{root}/other.txt", "--out", "{root}"]),
+    "prepare into a folder of other files": (E, "--out {root} already holds files that are not gptkit data", ["prepare", "text", "{root}/other.txt", "--out", "{root}"]),
 }
 
 
@@ -319,6 +306,6 @@ def test_cuda_without_a_gpu(run_cli, tiny_data, tmp_path):
 
 
 def test_mistakes_leave_the_run_untouched(tiny_run, mistakes_setup):
-    # the table above tried to train over, resume with options and evaluate the shared run: nothing changed
+    # the table above tried to resume the shared run with options and to evaluate it: nothing changed
     assert load_checkpoint(tiny_run.ckpt).step == 30
-    assert not (mistakes_setup / "r1").exists() and not (mistakes_setup / "d1").exists()
+    assert not (mistakes_setup / "d1").exists()

@@ -18,6 +18,7 @@ from robust_fixtures import (  # noqa: F401  (fixtures are used by name)
     records,
     same_weights,
     scale_training_loss,
+    snapshot,
     tiny_configs,
     tiny_data,
     tiny_toml,
@@ -103,7 +104,10 @@ def flip_a_byte(path, offset_from_end=100):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("damage, problem", [(truncate, "not a readable safetensors file"), (flip_a_byte, "checksum")])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [(truncate, "is not a readable safetensors file (truncated or damaged: "), (flip_a_byte, "is corrupted: its weights do not match the checksum")],
+)
 def test_a_damaged_checkpoint_names_the_file_and_the_last_good_one(damage, problem, finished_run):
     damage(step_paths(finished_run, 30).checkpoint)  # also ckpt.safetensors: the same file
     with pytest.raises(GptkitError) as error:
@@ -126,9 +130,14 @@ def test_a_damaged_resume_state_names_the_step_to_resume_from(baseline, finished
 
 
 def test_a_resume_state_from_another_step_is_refused(finished_run, tiny_data, tiny_toml):
-    step_paths(finished_run, 30).state.write_bytes(step_paths(finished_run, 25).state.read_bytes())
-    with pytest.raises(GptkitError, match="does not belong to"):
+    step_30 = step_paths(finished_run, 30)
+    step_30.state.write_bytes(step_paths(finished_run, 25).state.read_bytes())  # step 25's state beside step 30
+    before = snapshot(finished_run)
+    with pytest.raises(GptkitError) as error:
         train(*tiny_configs(tiny_toml, tiny_data, finished_run), resume=True)
+    assert error.value.message == f"{step_30.state} (step 25) does not belong to {step_30.checkpoint} (step 30)"
+    assert f"`gptkit train --out {finished_run} --resume-from 25`" in error.value.hint
+    assert snapshot(finished_run) == before
 
 
 def test_every_damaged_checkpoint_means_no_good_one(finished_run):

@@ -87,8 +87,15 @@ def test_ascii_char_model_bits_per_byte_is_loss_over_ln2(tiny_run):
 def test_tokenizer_mismatch(tiny_run, tmp_path):
     (tmp_path / "other.txt").write_text(make_corpus(3000, seed=5).upper())
     prepare_text([tmp_path / "other.txt"], tmp_path / "other")
-    with pytest.raises(GptkitError, match="was tokenized with a different tokenizer than the one .* was trained with") as info:
+    with pytest.raises(GptkitError) as info:
         evaluate(tiny_run.ckpt, tmp_path / "other", device="cpu")
+    # both tokenizers are described, so the user sees how they differ
+    ours, theirs = load_checkpoint(tiny_run.ckpt).tokenizer_spec, read_meta(tmp_path / "other")["tokenizer"]
+    assert info.value.message == (
+        f"the data in {tmp_path / 'other'} was tokenized differently (char, {len(theirs['chars'])} characters) "
+        f"from the model in {tiny_run.ckpt} (char, {len(ours['chars'])} characters)"
+    )
+    assert len(theirs["chars"]) != len(ours["chars"])
     assert "model's tokenizer" in info.value.hint
 
 

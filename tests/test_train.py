@@ -1,22 +1,22 @@
 import json
 import math
-import os
 import shutil
-import signal
 import sys
 
 import pytest
 import torch
 
 from conftest import TINY_MODEL, make_corpus, tiny_configs
-from gptkit.checkpoint import load_checkpoint, load_resume_state
+from gptkit.checkpoint import load_checkpoint, load_resume_state, weights_checksum
 from gptkit.config import TrainConfig, resolve_config
 from gptkit.errors import GptkitError
+from gptkit.loss_guard import BadLoss
 from gptkit.model import GPT, ModelConfig
 from gptkit.monitor import Monitor
 from gptkit.prepare import prepare_text
+from gptkit.run_folder import saved_steps, step_paths
 from gptkit.shards import read_meta
-from gptkit.train import TrainingInterrupted, learning_rate_at, make_optimizer, resume_config, train
+from gptkit.train import learning_rate_at, make_optimizer, resume_config, train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,9 +29,13 @@ def read_metrics(out):
 
 
 def deterministic_records(out):
-    """metrics.jsonl without the wall-clock measurements."""
-    drop = {"time", "tokens_per_sec", "ms_per_iter"}
+    """metrics.jsonl without the measurements of time and memory."""
+    drop = {"time", "tokens_per_sec", "ms_per_iter", "elapsed_s", "mfu", "peak_memory_mb"}
     return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(out)]
+
+
+def newest_resume_state(out):
+    return load_resume_state(saved_steps(out)[0].state)
 
 
 # --- learning rate and optimizer ----------------------------------------------------------------------
@@ -99,8 +103,16 @@ def test_tiny_run_learns(tiny_run):
 def test_tiny_run_writes_its_artifacts(tiny_run):
     out = tiny_run.out
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.safetensors", "ckpt.safetensors", "config.toml", "metrics.jsonl", "resume.safetensors",
+        "best.safetensors", "checkpoints", "ckpt.safetensors", "config.toml", "metrics.jsonl",
     ]
+    # both evaluations' steps are kept (keep_checkpoints defaults to 3), each a checkpoint and its resume state
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000015.resume.safetensors", "step_000015.safetensors",
+        "step_000030.resume.safetensors", "step_000030.safetensors",
+    ]
+    # ckpt and best are links to the newest step (the last eval was the best), not copies
+    assert (out / "ckpt.safetensors").samefile(step_paths(out, 30).checkpoint)
+    assert (out / "best.safetensors").samefile(step_paths(out, 30).checkpoint)
     meta = read_meta(tiny_run.data)
     ckpt = load_checkpoint(out / "ckpt.safetensors")
     assert ckpt.step == 30 and ckpt.tokenizer_spec == meta["tokenizer"]
@@ -109,8 +121,9 @@ def test_tiny_run_writes_its_artifacts(tiny_run):
     assert ckpt.train_config["data"] == str(tiny_run.data) and ckpt.train_config["max_iters"] == 30
     best = load_checkpoint(out / "best.safetensors")
     assert best.step == 30 and best.val_loss == ckpt.val_loss  # the last eval was the best
-    _, step, rng, extra = load_resume_state(out / "resume.safetensors")
+    _, step, rng, extra = load_resume_state(step_paths(out, 30).state)
     assert step == 30 and extra["best_val_loss"] == ckpt.val_loss and {"torch", "batches"} <= set(rng)
+    assert extra["checkpoint_checksum"] == "sha256:" + weights_checksum(ckpt.state_dict)  # the state of this checkpoint
     # config.toml is the resolved config, and resolves back to it
     saved = tomllib.loads((out / "config.toml").read_text())
     assert saved["model"]["vocab_size"] == meta["vocab_size"] and saved["train"]["seed"] == 1234
@@ -144,10 +157,14 @@ def test_resume_is_exact(tmp_path, tiny_data):
     for name in a.state_dict:
         assert torch.equal(a.state_dict[name], b.state_dict[name]), name
     assert (a.train_loss, a.val_loss) == (b.train_loss, b.val_loss)
-    assert deterministic_records(one_go) == deterministic_records(resumed)
-    assert [r["step"] for r in read_metrics(resumed)] == [4, 4, 8, 8, 12, 12, 16, 16]
-    state_a, _, _, extra_a = load_resume_state(one_go / "resume.safetensors")
-    state_b, _, _, extra_b = load_resume_state(resumed / "resume.safetensors")
+    # the same records, but for the one that marks where the run was resumed
+    records = deterministic_records(resumed)
+    assert records.pop(4) == {"step": 8, "event": "resumed"}
+    assert deterministic_records(one_go) == records
+    assert [r["step"] for r in read_metrics(resumed)] == [4, 4, 8, 8, 8, 12, 12, 16, 16]
+    state_a, _, _, extra_a = newest_resume_state(one_go)
+    state_b, _, _, extra_b = newest_resume_state(resumed)
+    extra_a.pop("elapsed_s"), extra_b.pop("elapsed_s")  # training time, measured
     assert extra_a == extra_b
     for pid in state_a["state"]:
         for key in state_a["state"][pid]:
@@ -198,29 +215,25 @@ def test_refuses_to_overwrite_a_run(tmp_path, tiny_run):
 
 
 def test_resume_with_nothing_to_resume(tmp_path, tiny_data):
-    with pytest.raises(GptkitError, match="cannot resume: .*ckpt.safetensors does not exist"):
-        train(*tiny_configs(tiny_data, tmp_path / "empty"), resume=True)
-    assert not (tmp_path / "empty").exists()
+    empty = tmp_path / "empty"
+    with pytest.raises(GptkitError) as info:
+        train(*tiny_configs(tiny_data, empty), resume=True)
+    assert info.value.message == f"cannot resume: {empty} holds no saved training state (checkpoints/step_*.safetensors)"
+    assert "without --resume" in info.value.hint
+    assert not empty.exists()
 
 
 def test_resume_without_resume_state(tmp_path, tiny_run):
+    """Checkpoints without their resume states cannot be resumed (a step with one file of the two is
+    what a crash mid-save leaves); the refusal changes nothing."""
     out = tmp_path / "run"
     shutil.copytree(tiny_run.out, out)
-    (out / "resume.safetensors").unlink()
-    with pytest.raises(GptkitError, match="cannot resume: .*resume.safetensors does not exist"):
+    for point in saved_steps(out):
+        point.state.unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(GptkitError, match=f"cannot resume: {out} holds no saved training state"):
         train(*tiny_configs(tiny_run.data, out, max_iters=40), resume=True)
-
-
-def test_resume_state_from_another_step_is_refused(tmp_path, tiny_run):
-    out = tmp_path / "run"
-    shutil.copytree(tiny_run.out, out)
-    old_resume = (out / "resume.safetensors").read_bytes()
-    model_config, cfg = resume_config(out, {"max_iters": 32, "out": str(out)})
-    train(model_config, cfg, resume=True)
-    (out / "resume.safetensors").write_bytes(old_resume)  # step 30's state next to step 32's weights
-    model_config, cfg = resume_config(out, {"max_iters": 34, "out": str(out)})
-    with pytest.raises(GptkitError, match="resume.safetensors \\(step 30\\) does not belong to .*ckpt.safetensors \\(step 32\\)"):
-        train(model_config, cfg, resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_resume_with_another_tokenizer_is_refused(tmp_path, tiny_run):
@@ -229,9 +242,13 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, tiny_run):
     (tmp_path / "other.txt").write_text(make_corpus(5000, seed=1).upper())
     prepare_text([tmp_path / "other.txt"], tmp_path / "other")
     model_config, cfg = resume_config(out, {"max_iters": 40, "out": str(out), "data": str(tmp_path / "other")})
-    with pytest.raises(GptkitError, match="was tokenized differently from the run being resumed"):
+    with pytest.raises(GptkitError) as info:
         train(model_config, cfg, resume=True)
+    assert info.value.message.startswith(f"the data in {tmp_path / 'other'} was tokenized differently (char, ")
+    assert f"from the model in {step_paths(out, 30).checkpoint} (char, " in info.value.message
+    assert "the data folder the model was trained on" in info.value.hint
     assert load_checkpoint(out / "ckpt.safetensors").step == 30
+    assert [p.step for p in saved_steps(out)] == [30, 15]
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path, tiny_data, monkeypatch):
@@ -244,10 +261,11 @@ def test_non_finite_loss_stops_without_saving(tmp_path, tiny_data, monkeypatch):
 
     monkeypatch.setattr(gptkit.train, "GPT", Exploding)
     out = tmp_path / "run"
-    with pytest.raises(GptkitError, match="the loss became nan at step 5; stopped without saving") as info:
+    # by default bad steps are skipped, until 10 in a row (before the first evaluation, at step 10) stop the run
+    with pytest.raises(BadLoss, match="^stopped at step 10: 10 bad steps in a row \\(the loss is nan\\); the model has diverged") as info:
         train(*tiny_configs(tiny_data, out, max_iters=20, eval_interval=10, log_interval=5))
     assert "--learning-rate" in info.value.hint
-    assert not (out / "ckpt.safetensors").exists()
+    assert not (out / "ckpt.safetensors").exists() and saved_steps(out) == []
 
 
 def test_block_size_longer_than_the_data(tmp_path):
@@ -260,27 +278,6 @@ def test_block_size_longer_than_the_data(tmp_path):
 def test_missing_data_folder(tmp_path):
     with pytest.raises(GptkitError, match="data folder .*nowhere does not exist"):
         train(*tiny_configs(tmp_path / "nowhere", tmp_path / "run"))
-
-
-def test_interrupt_saves_and_resume_continues(tmp_path, tiny_data):
-    """Ctrl-C (SIGINT) mid-run: the step finishes, the run is saved, TrainingInterrupted is raised."""
-
-    class InterruptAtStep(Monitor):
-        def step(self, record):
-            if record["step"] == 6:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    out = tmp_path / "run"
-    previous = signal.getsignal(signal.SIGINT)
-    with pytest.raises(TrainingInterrupted) as info:
-        train(*tiny_configs(tiny_data, out, max_iters=12, eval_interval=4, log_interval=2), monitor=InterruptAtStep())
-    assert info.value.signum == signal.SIGINT
-    assert "--resume" in info.value.hint
-    assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
-    assert load_checkpoint(out / "ckpt.safetensors").step == 6
-    assert load_resume_state(out / "resume.safetensors")[1] == 6
-    model_config, cfg = resume_config(out, {})
-    assert train(model_config, cfg, resume=True).step == 12
 
 
 def test_non_finite_loss_never_overwrites_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
@@ -298,7 +295,10 @@ def test_non_finite_loss_never_overwrites_the_last_good_checkpoint(tmp_path, tin
 
     monkeypatch.setattr(gptkit.train, "GPT", Exploding)
     model_config, cfg = resume_config(out, {"max_iters": 20})
-    with pytest.raises(GptkitError, match="loss became nan at step (9|10); stopped without saving this model"):
+    # steps 7-9 are skipped (their losses are nan), so the weights stay finite; the evaluation is not
+    with pytest.raises(BadLoss, match="^the evaluation loss became nan at step 9; stopped without saving this model") as info:
         train(model_config, cfg, resume=True)
+    assert f"the last checkpoint is step 6: `gptkit train --out {out} --resume`" in info.value.hint
     assert (out / "ckpt.safetensors").read_bytes() == good
-    assert load_resume_state(out / "resume.safetensors")[1] == 6
+    assert [p.step for p in saved_steps(out)] == [6, 3]
+    assert newest_resume_state(out)[1] == 6
