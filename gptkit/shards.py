@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
-from gptkit.fileio import atomic_open, atomic_write_json
+from gptkit.fileio import atomic_open, atomic_write_json, disk_error
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -86,16 +87,35 @@ class ShardWriter:
 
     def write(self, tokens) -> None:
         tokens = np.asarray(tokens, dtype=self.dtype.newbyteorder("<"))
-        while len(tokens):
-            if self._file is None:
-                self._open_next()
-            part = tokens[: self.shard_tokens - self._count]
-            self._file.write(part.tobytes())
-            self._count += len(part)
-            self.total += len(part)
-            tokens = tokens[len(part) :]
-            if self._count == self.shard_tokens:
-                self._finish_shard()
+        with self._disk_errors():
+            while len(tokens):
+                if self._file is None:
+                    self._open_next()
+                part = tokens[: self.shard_tokens - self._count]
+                self._file.write(part.tobytes())
+                self._count += len(part)
+                self.total += len(part)
+                tokens = tokens[len(part) :]
+                if self._count == self.shard_tokens:
+                    self._finish_shard()
+
+    @contextmanager
+    def _disk_errors(self):
+        """A full disk is for the user to fix, not a bug: name the shard that could not be written.
+        (The staging folder it is in is removed, so nothing is half-written.)"""
+        try:
+            yield
+        except OSError as e:
+            error = disk_error(e, self.folder / self.names[-1] if self.names else self.folder, existed=False)
+            if error is None:
+                raise
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:  # flushing the rest fails the same way; the error above says it all
+                    pass
+                self._file = None
+            raise error from None
 
     def _open_next(self) -> None:
         self.names.append(f"{self.split}_{len(self.names):06d}.bin")
@@ -113,10 +133,11 @@ class ShardWriter:
 
     def close(self) -> list[str]:
         """Finish the last shard (a split with no tokens still gets one, empty) and return the names."""
-        if self._file is None and not self.names:
-            self._open_next()
-        if self._file is not None:
-            self._finish_shard()
+        with self._disk_errors():
+            if self._file is None and not self.names:
+                self._open_next()
+            if self._file is not None:
+                self._finish_shard()
         return self.names
 
 

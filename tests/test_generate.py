@@ -148,10 +148,11 @@ class ByteTokenizer(Tokenizer):
     """One token per UTF-8 byte: a multi-byte character spans several tokens, as in byte-level BPE."""
 
     kind = "bytes"
+    byte_level = True
     vocab_size = 256
     eot_id = None
 
-    def encode(self, text):
+    def encode_ordinary(self, text):
         return list(text.encode("utf-8"))
 
     def decode(self, ids):

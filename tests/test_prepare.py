@@ -269,8 +269,9 @@ def test_empty_existing_folder_is_used(tmp_path, small_corpus):
 
 
 def test_unknown_tokenizer(tmp_path, text_tree):
-    with pytest.raises(UsageError, match="unknown tokenizer 'bpe-9000'"):
+    with pytest.raises(UsageError, match="tokenizer 'bpe-9000' is neither a pretrained encoding nor an existing path") as info:
         prepare_text([text_tree / "c.txt"], tmp_path / "data", "bpe-9000")
+    assert "bpe:N" in info.value.hint  # the spelling the user probably meant
     assert not (tmp_path / "data").exists()
 
 

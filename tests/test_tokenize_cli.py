@@ -162,7 +162,7 @@ def test_library_round_trip_in_memory(tok_dir):
         assert back.getvalue() == TRICKY and stats["bytes"] == len(TRICKY) and stats["tokens"] > 0
 
 
-def test_inspect_colours_tokens_in_a_terminal(tok_dir):
+def test_inspect_colours_tokens_in_a_terminal(tok_dir, monkeypatch):
     import io
     import re
 
@@ -171,6 +171,7 @@ def test_inspect_colours_tokens_in_a_terminal(tok_dir):
     from gptkit.cli import _render_inspect
     from gptkit.tokenization import inspect_tokenizer
 
+    monkeypatch.delenv("NO_COLOR", raising=False)  # conftest turns colour off for every test; this one is about colour
     buffer = io.StringIO()
     _render_inspect(inspect_tokenizer(tok_dir, "Hello there, friends"), Console(file=buffer, force_terminal=True, color_system="standard"))
     split = buffer.getvalue().splitlines()[-1]

@@ -77,7 +77,8 @@ def test_char_unknown_characters_are_named():
         tok.encode("a bad€ text")
     message = info.value.message
     assert message.endswith("5 character(s) outside this char tokenizer's vocabulary: 'd', 'e', 't', 'x', '€'")
-    assert info.value.hint and "gpt2" in info.value.hint
+    # the ways out: drop the characters, an <unk> token, or a tokenizer that encodes every text
+    assert "(char:unk)" in info.value.hint and "byte-level tokenizer such as bpe" in info.value.hint
 
 
 def test_char_unknown_characters_list_is_truncated():
@@ -112,17 +113,25 @@ def test_char_spec_round_trip_and_save(tmp_path, small_corpus):
 
 
 @pytest.mark.parametrize(
-    "spec",
-    [{}, {"kind": "no-such-kind", "merges": []}, {"kind": "char"}, {"kind": "char", "chars": 5}, {"kind": "tiktoken"}, "char", None],
+    "spec, message",
+    [
+        ({}, "unrecognised tokenizer spec"),
+        ({"kind": "no-such-kind", "merges": []}, "unrecognised tokenizer spec"),
+        ({"kind": "char"}, "tokenizer spec of kind 'char' lacks a valid 'chars'"),  # a known kind names what is missing
+        ({"kind": "char", "chars": 5}, "tokenizer spec of kind 'char' lacks a valid 'chars'"),
+        ({"kind": "tiktoken"}, "tokenizer spec of kind 'tiktoken' lacks a valid 'encoding'"),
+        ("char", "unrecognised tokenizer spec"),
+        (None, "unrecognised tokenizer spec"),
+    ],
 )
-def test_bad_spec_is_a_clear_error(spec):
-    with pytest.raises(GptkitError, match="unrecognised tokenizer spec") as info:
+def test_bad_spec_is_a_clear_error(spec, message):
+    with pytest.raises(GptkitError, match=message) as info:
         tokenizer_from_spec(spec)
     assert "newer gptkit or is damaged" in info.value.hint
 
 
 def test_build_tokenizer_errors():
-    with pytest.raises(UsageError, match="unknown tokenizer 'nope'") as info:
+    with pytest.raises(UsageError, match="tokenizer 'nope' is neither a pretrained encoding nor an existing path") as info:
         build_tokenizer("nope", "text")
     assert "char" in info.value.hint and "gpt2" in info.value.hint
     with pytest.raises(ValueError, match="needs the corpus"):
