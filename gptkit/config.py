@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from gptkit.errors import GptkitError, UsageError
+from gptkit.errors import UsageError
 from gptkit.model import ModelConfig
 
 if sys.version_info >= (3, 11):
