@@ -126,23 +126,25 @@ class Rotary(nn.Module):
     """Rotary position embedding: rotate each pair of query/key channels by an angle proportional to
     the position. The dot product q.k then depends only on the *distance* between two positions.
 
-    cos/sin tables are (block_size, D/2); channel pair i turns at frequency base^(-2i/D).
+    Channel pair i (channels 2i, 2i+1) turns at frequency base^(-2i/D). Read as a complex number
+    a + ib, a pair is rotated by an angle t by multiplying it with e^(it): one complex multiply per
+    pair, about half the time of the cos/sin formulation on CPU.
     """
 
     def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (D/2,)
         angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, D/2)
-        # Not learned and cheap to rebuild, so not saved in checkpoints (persistent=False).
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # e^(i * angle) for every position and pair. Not learned and cheap to rebuild, so not saved in
+        # checkpoints (persistent=False).
+        self.register_buffer("rotation", torch.polar(torch.ones_like(angles), angles), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x: (B, H, T, D) at positions start..start+T-1 -> the same shape, rotated."""
-        T = x.size(2)
-        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)  # (T, D/2)
-        x1, x2 = x.chunk(2, dim=-1)  # pair channel i with channel i + D/2
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        """x: (B, T, ..., D) at positions start..start+T-1 -> the same shape, rotated."""
+        T = x.size(1)
+        rotation = self.rotation[start : start + T].view(T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D/2)
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, ..., D/2) complex
+        return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -162,15 +164,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        # Split channels into heads: (B, T, C) -> (B, H, T, D), so each head attends independently.
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v, each split into heads
         past_length = cache.layer_length(self.layer_index) if cache is not None else 0
         if self.rotary is not None:  # positions enter here, not at the embedding
-            q, k = self.rotary(q, past_length), self.rotary(k, past_length)
+            q, k = self.rotary(qkv[:, :, :2], past_length).unbind(2)  # queries and keys turn together
+            v = qkv[:, :, 2]
+        else:
+            q, k, v = qkv.unbind(2)  # 3 x (B, T, H, D)
+        # (B, T, H, D) -> (B, H, T, D): each head attends independently.
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.append(self.layer_index, k, v)  # (B, H, past + T, D)
             # A single new token may attend to every cached position: no mask needed. A longer chunk

@@ -244,3 +244,24 @@ def test_untied_model_has_its_own_output_matrix():
 def test_component_validation(overrides, message):
     config = ModelConfig(**{**dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32), **overrides})
     assert any(message in p for p in config.validate())
+
+
+def test_rotary_scores_depend_only_on_the_distance_between_positions():
+    """RoPE's defining property: <rot(q, m), rot(k, n)> is a function of m - n alone, and a rotation
+    keeps a vector's length."""
+    from gptkit.model import Rotary
+
+    torch.manual_seed(0)
+    rotary = Rotary(head_size=8, block_size=32)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def at(vec, pos):  # place `vec` at position `pos` of a (1, T, 1, D) tensor and rotate it
+        x = torch.zeros(1, 32, 1, 8)
+        x[0, pos, 0] = vec
+        return rotary(x, 0)[0, pos, 0]
+
+    scores = [torch.dot(at(q, m), at(k, m - 3)) for m in (3, 10, 20, 31)]
+    assert torch.allclose(torch.stack(scores), scores[0].expand(4), atol=1e-5)
+    assert not torch.allclose(torch.dot(at(q, 10), at(k, 7)), torch.dot(at(q, 10), at(k, 2)), atol=1e-3)
+    assert torch.allclose(at(q, 17).norm(), q.norm(), atol=1e-5)
+    assert torch.equal(at(q, 0), q)  # position 0 is not rotated
