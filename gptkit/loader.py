@@ -40,9 +40,10 @@ def _windows(split: Split, shard_ids: np.ndarray, offsets: np.ndarray, block_siz
     """Read the windows tokens[o : o + T + 1] of the given shards into x (B, T) and y (B, T)."""
     rows = [split.shards[s][o : o + block_size + 1] for s, o in zip(shard_ids, offsets)]
     windows = torch.from_numpy(np.stack(rows).astype(np.int64))
-    if pin:  # page-locked memory: the copy to the GPU can then run asynchronously (non_blocking=True)
-        windows = windows.pin_memory()
-    return windows[:, :-1], windows[:, 1:]
+    x, y = windows[:, :-1], windows[:, 1:]
+    if pin:  # page-locked (and contiguous) memory: the copy to the GPU then runs asynchronously (non_blocking=True)
+        x, y = x.contiguous().pin_memory(), y.contiguous().pin_memory()
+    return x, y
 
 
 class RandomBatches:
