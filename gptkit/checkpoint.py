@@ -154,9 +154,11 @@ def save_checkpoint(
     train_loss: float | None = None,
     val_loss: float | None = None,
     train_config: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """Write the checkpoint atomically; returns its checksum ("sha256:...")."""
-    tensors = {k: v for k, v in model.state_dict().items()}
+    """Write the checkpoint atomically; returns its checksum ("sha256:..."). The weights are
+    `model`'s, or `state_dict` when given (the full weights gathered from a sharded model)."""
+    tensors = dict(model.state_dict() if state_dict is None else state_dict)
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -276,8 +278,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 
 def save_resume_state(path: str | Path, optimizer, step: int, rng: dict[str, torch.Tensor], extra: dict) -> None:
     """`rng`: named generator states (uint8 tensors); `extra`: anything JSON (best val loss, the
-    grad scaler, the python/numpy RNGs, the checksum of the checkpoint this state belongs to)."""
-    tensors, optimizer_info = _flatten_optimizer(optimizer.state_dict())
+    grad scaler, the python/numpy RNGs, the checksum of the checkpoint this state belongs to).
+    `optimizer`: the optimizer, or its state_dict() (already gathered from the ranks under FSDP)."""
+    tensors, optimizer_info = _flatten_optimizer(optimizer if isinstance(optimizer, dict) else optimizer.state_dict())
     tensors.update({f"rng.{name}": state for name, state in rng.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {

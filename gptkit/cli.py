@@ -119,7 +119,7 @@ def prepare_text_cmd(
 # train
 
 
-PRESET_NAMES = "shakespeare-char-cpu (default on CPU), shakespeare-char (default on GPU)"
+PRESET_NAMES = "shakespeare-char-cpu (default on CPU), shakespeare-char (default on GPU), gpt2-124m"
 
 
 @app.command(
@@ -127,7 +127,8 @@ PRESET_NAMES = "shakespeare-char-cpu (default on CPU), shakespeare-char (default
     "  gptkit train                # preset shakespeare-char-cpu, data/shakespeare\n\n"
     "  gptkit train --device cuda --preset shakespeare-char\n\n"
     "  gptkit train --max-iters 200 --eval-interval 50 --out out/quick\n\n"
-    "  gptkit train --out out/quick --resume --max-iters 400",
+    "  gptkit train --out out/quick --resume --max-iters 400\n\n"
+    "  torchrun --standalone --nproc-per-node 4 -m gptkit train --preset gpt2-124m --data data/owt --grad-accum 10",
 )
 def train(
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Data folder from `gptkit prepare`.  [default: data/shakespeare]"),
@@ -151,7 +152,11 @@ def train(
     beta1: Optional[float] = typer.Option(None, "--beta1", help="AdamW beta1."),
     beta2: Optional[float] = typer.Option(None, "--beta2", help="AdamW beta2."),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: off)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.  [default: on for CUDA]"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw | muon (Muon for hidden matrices, AdamW for the rest)."),
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="cosine | linear | constant | wsd (warmup-stable-decay)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="random | epoch (shuffled, no repeats) | documents (epoch, windows start at documents)."),
+    parallel: Optional[str] = typer.Option(None, "--parallel", help="Under torchrun: ddp (replicate the model) | fsdp (shard it)."),
     keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="Saved steps to keep (the best is kept besides).  [default: 3]", rich_help_panel="Robustness and monitoring"),
     on_bad_loss: Optional[str] = typer.Option(None, "--on-bad-loss", help="A NaN/inf or spiking loss: skip the update, or stop.  [default: skip]", rich_help_panel="Robustness and monitoring"),
     loss_spike_factor: Optional[float] = typer.Option(None, "--loss-spike-factor", help="A loss above this times the recent mean is a spike (0: off).  [default: 3]", rich_help_panel="Robustness and monitoring"),
@@ -178,6 +183,7 @@ def train(
     """Train a GPT on a prepared data folder. Prints the checkpoint's path on stdout."""
     from gptkit.config import DEFAULT_PRESET, resolve_config, to_toml
     from gptkit.devices import resolve_device
+    from gptkit.distributed import is_main_process
     from gptkit.monitor import PlainMonitor, RichMonitor
     from gptkit.train import resume_config, train as run_training
 
@@ -190,7 +196,7 @@ def train(
             warmup_iters=warmup_iters, lr_decay_iters=lr_decay_iters, weight_decay=weight_decay, beta1=beta1,
             beta2=beta2, grad_clip=grad_clip, compile=compile, keep_checkpoints=keep_checkpoints,
             on_bad_loss=on_bad_loss, loss_spike_factor=loss_spike_factor, max_bad_steps=max_bad_steps,
-            tensorboard=tensorboard,
+            tensorboard=tensorboard, optimizer=optimizer, lr_schedule=lr_schedule, sampler=sampler, parallel=parallel,
         ).items()
         if v is not None
     }
@@ -218,10 +224,14 @@ def train(
 
     monitor = RichMonitor(err, title=f"gptkit train → {train_config.out}") if err.is_terminal else PlainMonitor()
     where = f"resuming {train_config.out}" if resume else f"preset {preset}" if preset else f"config {config}"
-    _log(f"gptkit {__version__} train ({where}) | data {train_config.data} -> {train_config.out}")
+    main_process = is_main_process()  # under torchrun, rank 0 alone talks
+    if main_process:
+        _log(f"gptkit {__version__} train ({where}) | data {train_config.data} -> {train_config.out}")
     result = run_training(
         model_config, train_config, resume=resume, overwrite=overwrite, resume_from=resume_from, monitor=monitor
     )
+    if not main_process:
+        return
     ckpt = result.out / "ckpt.safetensors"
     _log(
         f"done: step {result.step}, val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}), "

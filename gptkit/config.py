@@ -34,7 +34,7 @@ class TrainConfig:
     out: str = "out"  # run folder: checkpoints, metrics.jsonl, config.toml
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast precision)
-    compile: bool = False  # torch.compile the model
+    compile: str = "auto"  # torch.compile the model: auto (on for CUDA, off elsewhere) | true | false
     seed: int = 1337
     # optimisation
     max_iters: int = 5000  # optimizer steps
@@ -48,6 +48,14 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
+    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest; see optim.py)
+    muon_lr: float = 0.02  # Muon's peak learning rate (scaled by the schedule like learning_rate)
+    muon_momentum: float = 0.95
+    lr_schedule: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay); see schedule.py
+    cooldown_frac: float = 0.2  # wsd: share of the decay length spent decaying to min_lr
+    # data and parallelism
+    sampler: str = "random"  # random (windows anywhere) | epoch (shuffled, no repeats) | documents; see loader.py
+    parallel: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (shard it); see distributed.py
     # evaluation and logging
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
     eval_iters: int = 20  # batches per split at each evaluation
@@ -78,6 +86,22 @@ class TrainConfig:
                 problems.append(f"train.{name} must be in [0, 1) (got {getattr(self, name)})")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(f"train.dtype must be auto, float32, bfloat16 or float16 (got {self.dtype!r})")
+        choices = {
+            "compile": ("auto", "true", "false"),
+            "optimizer": ("adamw", "muon"),
+            "lr_schedule": ("cosine", "linear", "constant", "wsd"),
+            "sampler": ("random", "epoch", "documents"),
+            "parallel": ("ddp", "fsdp"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"train.{name} must be {' | '.join(allowed)} (got {getattr(self, name)!r})")
+        if not 0.0 < self.cooldown_frac <= 1.0:
+            problems.append(f"train.cooldown_frac must be in (0, 1] (got {self.cooldown_frac})")
+        if not self.muon_lr > 0:
+            problems.append(f"train.muon_lr must be positive (got {self.muon_lr})")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            problems.append(f"train.muon_momentum must be in [0, 1) (got {self.muon_momentum})")
         if self.on_bad_loss not in ("skip", "stop"):
             problems.append(f"train.on_bad_loss must be skip or stop (got {self.on_bad_loss!r})")
         if 0 < self.loss_spike_factor <= 1:
@@ -122,12 +146,27 @@ PRESETS: dict[str, Preset] = {
             warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10,
         ),
     ),
+    "gpt2-124m": Preset(
+        "GPT-2 small (124M) on GPT-2-tokenized data, as nanoGPT's GPT-2 reproduction (config/train_gpt2.py "
+        "over train.py's defaults): 491,520 tokens per step on one GPU (12 x 1024 x grad_accum 40; under "
+        "torchrun with N GPUs use --grad-accum 40/N), 600k steps, lr 6e-4 -> 6e-5, 2000 warmup steps, no biases",
+        model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False),
+        train=dict(
+            max_iters=600_000, lr_decay_iters=600_000, batch_size=12, grad_accum=40, learning_rate=6e-4,
+            min_lr=6e-5, warmup_iters=2000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+            eval_interval=1000, eval_iters=200, log_interval=10,
+        ),
+    ),
 }
 DEFAULT_PRESET = "shakespeare-char-cpu"
 
 
 def _field_names(cls) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+# Settings that are "auto" | "true" | "false" strings but also take a plain boolean.
+BOOL_OR_AUTO = {"compile"}
 
 
 def apply_settings(obj, values: dict, where: str):
@@ -141,6 +180,8 @@ def apply_settings(obj, values: dict, where: str):
         if key in unknown:
             continue
         default = getattr(obj, key)
+        if key in BOOL_OR_AUTO and isinstance(value, bool):
+            value = "true" if value else "false"  # `--compile`, `compile = true`, configs saved before "auto"
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
@@ -151,7 +192,8 @@ def apply_settings(obj, values: dict, where: str):
         else:
             ok = isinstance(value, str)
         if not ok:
-            problems.append(f"{key} should be a {type(default).__name__}, got {value!r}")
+            expected = "bool" if key in BOOL_OR_AUTO else type(default).__name__
+            problems.append(f"{key} should be a {expected}, got {value!r}")
         checked[key] = value
     if problems:
         raise UsageError(

@@ -111,3 +111,12 @@ def peak_memory_bytes(device: torch.device) -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def compile_enabled(setting: str, device: torch.device) -> bool:
+    """`compile = auto` turns torch.compile on for CUDA only: there it fuses the many small
+    element-wise kernels of a step into few; on a CPU, at gptkit's model sizes, the step is bound by
+    per-op overhead that compilation did not reliably remove, and the compile time itself is long."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return setting == "true"

@@ -153,6 +153,16 @@ def gradient_sync(module: nn.Module, sync: bool):
         yield
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: the shard of an FSDP parameter (a DTensor), else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a DTensor (e.g. FSDP's replicated gradient norm), else the tensor itself."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def _is_fsdp(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

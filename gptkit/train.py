@@ -10,8 +10,12 @@ One optimizer step is:
         loss.backward()                           # gradients add up across micro-batches
     clip the global gradient norm                 # one bad batch cannot blow up the weights
     ask the loss guard                            # NaN/inf or a spike: skip the update, or stop
-    lr = warmup, then cosine decay                # see learning_rate_at()
-    AdamW step                                    # weight decay on matrices only
+    lr = warmup, then decay                       # schedule.py: cosine, linear, constant, wsd
+    AdamW (or Muon) step                          # optim.py; weight decay on matrices only
+
+Batches come from loader.py (random windows, or shuffled epochs). Under torchrun every rank runs this
+same loop on its own slice of each batch, with the plumbing in distributed.py: DDP or FSDP wraps the
+model, gradients are averaged once per step, and rank 0 alone logs and writes files.
 
 Before the first step, preflight.py checks the config, data and run folder and reports every problem
 at once. Every `eval_interval` steps (and at the end) it measures train/val loss on `eval_iters`
@@ -34,14 +38,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptkit import distributed
 from gptkit.checkpoint import DamagedFile, peek_checkpoint
 from gptkit.config import TrainConfig, apply_settings, to_toml
-from gptkit.devices import Runtime, peak_flops, peak_memory_bytes
-from gptkit.errors import GptkitError
+from gptkit.devices import Runtime, compile_enabled, peak_flops, peak_memory_bytes
+from gptkit.distributed import Distributed
+from gptkit.errors import GptkitError, UsageError
 from gptkit.fileio import atomic_write_text
+from gptkit.loader import RandomBatches, make_loader
 from gptkit.loss_guard import BadLoss, LossGuard
 from gptkit.model import GPT, ModelConfig
 from gptkit.monitor import MetricsLog, Monitor, TensorBoardLog
+from gptkit.optim import make_optimizer, set_learning_rate
 from gptkit.preflight import plan_run
 from gptkit.run_folder import (
     BEST_NAME,
@@ -54,6 +62,7 @@ from gptkit.run_folder import (
     save_training_state,
     with_last_good_step,
 )
+from gptkit.schedule import learning_rate_at
 from gptkit.shards import Split
 
 __all__ = ["BEST_NAME", "CKPT_NAME", "TrainResult", "TrainingInterrupted", "resume_config", "train"]
@@ -82,47 +91,26 @@ class TrainResult:
     out: Path
 
 
-def learning_rate_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup for `warmup_iters` steps, then cosine decay to `min_lr` at `lr_decay_iters`.
-
-    Warmup keeps the first, noisy Adam updates small; cosine decay anneals into a minimum.
-    """
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
-    if step >= decay_iters:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / max(decay_iters - cfg.warmup_iters, 1)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on tensors of 2+ dimensions (matmul weights, embeddings) only:
-    decaying biases and LayerNorm gains towards zero only hurts."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel updates all tensors in one pass instead of a dozen ops per tensor.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
-
 @torch.no_grad()
-def estimate_loss(model: GPT, split: Split, cfg: TrainConfig, block_size: int, runtime: Runtime) -> float:
+def estimate_loss(
+    model: GPT, split: Split, cfg: TrainConfig, block_size: int, runtime: Runtime, ctx: Distributed | None = None
+) -> float:
     """Mean loss over `eval_iters` batches. The batches are the same at every evaluation (a fixed
-    seed), so successive val losses differ because the model changed, not because the data did."""
+    seed), so successive val losses differ because the model changed, not because the data did.
+    Under torchrun each rank evaluates its slice of every batch and the ranks average their means."""
+    ctx = ctx or Distributed()
     model.eval()
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    batches = RandomBatches(split, cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
     total = 0.0
     for _ in range(cfg.eval_iters):
-        x, y = split.sample_batch(cfg.batch_size, block_size, generator)
+        x, y = batches.next_batch()
         with runtime.autocast:
             _, loss = model(x.to(runtime.device), y.to(runtime.device))
         total += loss.item()
     model.train()
-    return total / cfg.eval_iters
+    if not ctx.enabled:
+        return total / cfg.eval_iters
+    return ctx.mean(torch.tensor(total / cfg.eval_iters, dtype=torch.float64, device=runtime.device)).item()
 
 
 class _StopSignal:
@@ -148,11 +136,13 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def capture_rng_states(batch_generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
-    """Every random number generator a run draws from, as tensors and JSON: torch's (dropout), the
-    batch sampler's (its state *is* the loader's position), CUDA's, and Python's and NumPy's (gptkit
-    draws from neither, but code run inside the loop might)."""
-    tensors = {"torch": torch.get_rng_state(), "batches": batch_generator.get_state()}
+def capture_rng_states(batch_generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random number generator a run draws from, as tensors and JSON: torch's (dropout), a
+    batch generator's if given (train() lets its loader add its own state, see loader.py), CUDA's,
+    and Python's and NumPy's (gptkit draws from neither, but code run inside the loop might)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if batch_generator is not None:
+        tensors["batches"] = batch_generator.get_state()
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = state
@@ -165,9 +155,10 @@ def capture_rng_states(batch_generator: torch.Generator) -> tuple[dict[str, torc
     return tensors, states
 
 
-def restore_rng_states(tensors: dict[str, torch.Tensor], states: dict, batch_generator: torch.Generator) -> None:
+def restore_rng_states(tensors: dict[str, torch.Tensor], states: dict, batch_generator: torch.Generator | None = None) -> None:
     torch.set_rng_state(tensors["torch"])
-    batch_generator.set_state(tensors["batches"])
+    if batch_generator is not None:
+        batch_generator.set_state(tensors["batches"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -208,7 +199,8 @@ class _Window:
 
 
 def weights_are_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Of this process's weights: under FSDP, its shards (see the agreement in save())."""
+    return all(bool(torch.isfinite(distributed.local(p)).all()) for p in model.parameters())
 
 
 def train(
@@ -231,8 +223,17 @@ def train(
     out, runtime, model_config = plan.out, plan.runtime, plan.model_config
     train_split, val_split = plan.splits["train"], plan.splits["val"]
     resumed = plan.checkpoint
-    for note in prepare_run_folder(out, plan.resume_point):
-        monitor.message(note)
+    # Under torchrun: join the other ranks (after every rank has checked the run) and take this rank's GPU.
+    ctx, device = distributed.setup(runtime.device)
+    runtime = Runtime(device, runtime.dtype)
+    if ctx.enabled and cfg.parallel == "fsdp" and runtime.needs_grad_scaler:
+        raise UsageError("parallel fsdp does not support float16 with a grad scaler", hint="use --dtype bfloat16")
+    if not ctx.is_main:
+        monitor = Monitor()  # rank 0 alone reports and writes the run folder
+    else:
+        for note in prepare_run_folder(out, plan.resume_point):
+            monitor.message(note)
+    ctx.barrier()
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -240,14 +241,19 @@ def train(
     model = GPT(model_config).to(runtime.device)
     if resumed is not None:
         model.load_state_dict(resumed.state_dict)
+    wrapped = distributed.wrap_model(model, ctx, cfg.parallel, runtime.dtype)  # `model` itself on one process
     optimizer = make_optimizer(model, cfg, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    batch_generator = torch.Generator().manual_seed(cfg.seed)
+    loader = make_loader(
+        cfg.sampler, train_split, cfg.batch_size, model_config.block_size, cfg.seed,
+        ctx.rank, ctx.world_size, pin_memory=runtime.device.type == "cuda", eot_id=plan.meta.get("eot_id"),
+    )
     step, best_val_loss, extra = 0, None, {}
     if plan.resume_state is not None:
         optimizer_state, step, rng, extra = plan.resume_state
-        optimizer.load_state_dict(optimizer_state)
-        restore_rng_states(rng, extra.get("rng", {}), batch_generator)
+        distributed.load_optimizer_state(model, optimizer, optimizer_state)
+        restore_rng_states(rng, extra.get("rng", {}))
+        loader.load_state(rng, extra)
         best_val_loss = extra.get("best_val_loss")
         if extra.get("grad_scaler"):
             scaler.load_state_dict(extra["grad_scaler"])
@@ -256,19 +262,25 @@ def train(
     if on_disk is not None and (best_val_loss is None or on_disk < best_val_loss):
         best_val_loss = on_disk
     guard = LossGuard(cfg.on_bad_loss, cfg.loss_spike_factor, cfg.max_bad_steps, extra.get("loss_guard"))
-    forward = torch.compile(model) if cfg.compile else model
+    if ctx.enabled:  # each rank its own dropout masks; a function of the step, so a resumed run draws fresh ones
+        torch.manual_seed(hash((cfg.seed, ctx.rank, step)) % 2**63)
+    forward = torch.compile(wrapped) if compile_enabled(cfg.compile, runtime.device) else wrapped
 
-    atomic_write_text(out / "config.toml", to_toml(model_config, cfg))
-    sinks = [MetricsLog(out / "metrics.jsonl", keep_until_step=step if resumed else None)]
-    if cfg.tensorboard:
+    sinks = []
+    if ctx.is_main:
+        atomic_write_text(out / "config.toml", to_toml(model_config, cfg))
+        sinks.append(MetricsLog(out / "metrics.jsonl", keep_until_step=step if resumed else None))
+    if cfg.tensorboard and ctx.is_main:
         sinks.append(TensorBoardLog(out / TENSORBOARD_DIR, purge_step=step + 1 if resumed else None))
 
     def log(record: dict) -> None:
         for sink in sinks:
             sink.write(record)
 
-    tokens_per_step = cfg.batch_size * model_config.block_size * cfg.grad_accum
+    # The global batch: every rank trains on its own batch_size x grad_accum sequences per step.
+    tokens_per_step = cfg.batch_size * model_config.block_size * cfg.grad_accum * ctx.world_size
     flops_per_token, peak = model.flops_per_token(), peak_flops(runtime)
+    peak = peak * ctx.world_size if peak else None  # all the GPUs together
     train_config_dict = asdict(cfg)
     tokenizer_spec = plan.meta["tokenizer"]
     elapsed_before, started = float(extra.get("elapsed_s", 0.0)), time.perf_counter()
@@ -278,7 +290,8 @@ def train(
         return elapsed_before + time.perf_counter() - started
 
     def refuse_broken_weights(step: int) -> None:
-        if not weights_are_finite(model):  # never replace a good checkpoint with a broken model
+        # never replace a good checkpoint with a broken model (all ranks agree, so all stop together)
+        if ctx.any(not weights_are_finite(model), runtime.device):
             where = f"{out / CKPT_NAME} still holds step {last_saved}" if last_saved is not None else "nothing was saved"
             raise BadLoss(
                 f"the model's weights hold NaN or inf at step {step}; not saved ({where})",
@@ -289,7 +302,9 @@ def train(
         nonlocal best_val_loss, last_saved
         refuse_broken_weights(step)
         is_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
-        rng_tensors, rng_states = capture_rng_states(batch_generator)
+        # Plain full tensors whatever the parallelism (under FSDP every rank takes part in gathering them).
+        weights, optimizer_state = distributed.full_model_state(model), distributed.full_optimizer_state(model, optimizer)
+        rng_tensors, rng_states = capture_rng_states()
         state = {
             "best_val_loss": val_loss if is_best else best_val_loss,
             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -297,17 +312,19 @@ def train(
             "loss_guard": guard.state(),
             "elapsed_s": elapsed(),
         }
-        save_training_state(
-            out, model, optimizer, tokenizer_spec, step, train_loss, val_loss, train_config_dict,
-            rng_tensors, state, cfg.keep_checkpoints, is_best,
-        )
+        loader.save_state(rng_tensors, state)
+        if ctx.is_main:
+            save_training_state(
+                out, model, optimizer_state, tokenizer_spec, step, train_loss, val_loss, train_config_dict,
+                rng_tensors, state, cfg.keep_checkpoints, is_best, weights=weights,
+            )
         best_val_loss, last_saved = state["best_val_loss"], step
         return is_best
 
     def evaluate_and_save(step: int) -> tuple[float, float]:
         refuse_broken_weights(step)  # first: broken weights are the cause, a NaN evaluation only the symptom
-        train_loss = estimate_loss(forward, train_split, cfg, model_config.block_size, runtime)
-        val_loss = estimate_loss(forward, val_split, cfg, model_config.block_size, runtime)
+        train_loss = estimate_loss(forward, train_split, cfg, model_config.block_size, runtime, ctx)
+        val_loss = estimate_loss(forward, val_split, cfg, model_config.block_size, runtime, ctx)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):  # never save a diverged model
             raise BadLoss(
                 f"the evaluation loss became {val_loss if math.isfinite(train_loss) else train_loss} at step {step}; "
@@ -345,6 +362,11 @@ def train(
         f"model: {model.num_params() / 1e6:.2f}M parameters | device: {runtime.describe()} | "
         f"{tokens_per_step:,} tokens per step | data: {train_split.num_tokens:,} train tokens"
     )
+    if ctx.enabled:
+        monitor.message(
+            f"distributed: {ctx.world_size} processes ({cfg.parallel}); global batch = {cfg.batch_size} x "
+            f"grad_accum {cfg.grad_accum} x {ctx.world_size} = {cfg.batch_size * cfg.grad_accum * ctx.world_size} sequences"
+        )
     if resumed is not None:
         log({"step": step, "event": "resumed"})
         monitor.message(f"resumed from step {step} ({plan.resume_point.checkpoint})")
@@ -357,21 +379,24 @@ def train(
         with _StopSignal() as stop:
             while step < cfg.max_iters:
                 lr = learning_rate_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                set_learning_rate(optimizer, lr)
                 step_loss = torch.zeros((), device=runtime.device)
-                for _ in range(cfg.grad_accum):
-                    x, y = train_split.sample_batch(cfg.batch_size, model_config.block_size, batch_generator)
+                for micro_step in range(cfg.grad_accum):
+                    x, y = loader.next_batch()
                     x = x.to(runtime.device, non_blocking=True)
                     y = y.to(runtime.device, non_blocking=True)
-                    with runtime.autocast:
-                        _, loss = forward(x, y)
-                    scaler.scale(loss / cfg.grad_accum).backward()
+                    # Under torchrun, gradients are averaged across ranks after the last micro-batch only.
+                    with distributed.gradient_sync(wrapped, micro_step == cfg.grad_accum - 1):
+                        with runtime.autocast:
+                            _, loss = forward(x, y)
+                        scaler.scale(loss / cfg.grad_accum).backward()
                     step_loss += loss.detach() / cfg.grad_accum
                 scaler.unscale_(optimizer)  # true gradients for the norm (a no-op without float16's scaler)
                 # With max_norm=inf the norm is measured and the gradients are left as they are.
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                 # One wait for the device per step: the guard must see the loss before the update.
+                # Under torchrun the loss is averaged over the ranks, so they all take the same decision.
+                step_loss, grad_norm = ctx.mean(step_loss), distributed.full(grad_norm)
                 loss_value, norm_value = torch.stack([step_loss.float(), grad_norm.float()]).tolist()
                 step += 1
                 window.steps += 1
@@ -394,16 +419,18 @@ def train(
                 if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                     train_loss, val_loss = evaluate_and_save(step)
                     window.start = time.perf_counter()  # don't count evaluation as training time
-                if stop.signum is not None:
+                if ctx.any(stop.signum is not None, runtime.device):  # all ranks stop at the same step
+                    signum = stop.signum or signal.SIGTERM
                     if window.steps:
                         report_progress(step, lr, window)
                     if last_saved != step:
                         save(step, None, None)
-                    log({"step": step, "event": "interrupted", "signal": signal.Signals(stop.signum).name})
-                    raise TrainingInterrupted(step, stop.signum, out)
+                    log({"step": step, "event": "interrupted", "signal": signal.Signals(signum).name})
+                    raise TrainingInterrupted(step, signum, out)
             if step == start_step and resumed is not None:
                 monitor.message(f"the run is already at step {step} (max_iters {cfg.max_iters}); nothing to do")
                 train_loss, val_loss = resumed.train_loss, resumed.val_loss
+        ctx.barrier()  # under torchrun: no rank tears the process group down while rank 0 still saves
     except BadLoss as e:
         if last_saved is not None:
             e.hint += f"; the last checkpoint is step {last_saved}: `{resume_command(out)}` continues from it"
@@ -412,6 +439,7 @@ def train(
         monitor.close()
         for sink in sinks:
             sink.close()
+        ctx.close()
 
     seconds = time.perf_counter() - started
     steps_done = max(step - start_step, 1)
