@@ -1,0 +1,170 @@
+"""Distributed training on this CPU machine: torchrun with the gloo backend, 2 processes, tiny models.
+
+The invariant behind every test: 2 ranks with batch B train on exactly the windows 1 process with
+batch 2B trains on (each rank takes its half of every global micro-batch), and DDP/FSDP average the
+two halves' gradients, so both runs take the same steps up to float rounding.
+
+Every launch runs under a timeout in its own process group, killed whole if it hangs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from conftest import TINY_MODEL, subprocess_env, tiny_configs
+from gptkit.checkpoint import load_checkpoint, load_resume_state
+from gptkit.run_folder import saved_steps
+from gptkit.train import resume_config, train
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+
+LAUNCH_TIMEOUT = 180  # seconds; a healthy 2-process launch here takes about 10
+
+
+def tiny_args(data, out, **train) -> list[str]:
+    """`gptkit train` options for exactly the run tiny_configs(data, out, **train) describes: its
+    resolved config as a TOML file (no preset), so the CLI run and the in-process one match."""
+    from gptkit.config import to_toml
+
+    path = Path(out).with_name(Path(out).name + ".toml")
+    path.write_text(to_toml(*tiny_configs(data, out, **train)))
+    return ["--config", str(path)]
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m gptkit ARGS`, killed as a whole after LAUNCH_TIMEOUT."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "gptkit", *args]
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the ranks it started
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT} s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stderr[-4000:]}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def assert_same_weights(a, b, atol=2e-5):
+    sa, sb = load_checkpoint(a).state_dict, load_checkpoint(b).state_dict
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.allclose(sa[name], sb[name], rtol=1e-4, atol=atol), f"{name} differs by {(sa[name] - sb[name]).abs().max()}"
+
+
+@pytest.mark.parametrize(
+    "parallel, sampler, optimizer",
+    [("ddp", "random", "adamw"), ("fsdp", "epoch", "muon")],
+)
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_data, parallel, sampler, optimizer):
+    steps = dict(max_iters=6, eval_interval=3, grad_accum=2, sampler=sampler, optimizer=optimizer)
+    # one process, batch 8 x grad_accum 2
+    single = tmp_path / "single"
+    train(*tiny_configs(tiny_data, single, **{**steps, "batch_size": 8, "warmup_iters": 2}))
+    # two processes, batch 4 each x grad_accum 2: the same 16 sequences per step
+    double = tmp_path / "double"
+    run = torchrun(["train", *tiny_args(tiny_data, double, batch_size=4, warmup_iters=2, parallel=parallel, **steps)])
+
+    assert_same_weights(single / "ckpt.safetensors", double / "ckpt.safetensors")
+    # the optimizer state (gathered to rank 0 under FSDP) is numbered and shaped like one process's
+    opt_single, step_single, _, extra_single = load_resume_state(saved_steps(single)[0].state)
+    opt_double, step_double, _, extra_double = load_resume_state(saved_steps(double)[0].state)
+    assert step_single == step_double == 6
+    assert opt_single["state"].keys() == opt_double["state"].keys()
+    for i, state in opt_single["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.allclose(value, opt_double["state"][i][key], rtol=1e-3, atol=1e-6), (i, key)
+    assert extra_single.get("loader") == extra_double.get("loader")
+    # rank 0 alone talks and writes: one checkpoint path on stdout, one record per event in metrics.jsonl
+    assert run.stdout.strip() == str(double / "ckpt.safetensors")
+    assert run.stderr.count("gptkit 0") == 1 and run.stderr.count("eval      6") == 1
+    assert "global batch = 4 x grad_accum 2 x 2 = 16 sequences" in run.stderr
+    records = (double / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == len((single / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, tiny_data):
+    common = dict(eval_interval=4, grad_accum=1, sampler="epoch")
+    # reference: one process straight to step 8
+    straight = tmp_path / "straight"
+    train(*tiny_configs(tiny_data, straight, max_iters=8, batch_size=8, warmup_iters=2, **common))
+    # two processes to step 4, then one process (batch 8 = the same global batch) from 4 to 8
+    run = tmp_path / "run"
+    torchrun(["train", *tiny_args(tiny_data, run, max_iters=4, lr_decay_iters=8, batch_size=4, warmup_iters=2, **common)])
+    assert load_checkpoint(run / "ckpt.safetensors").step == 4
+    model_config, cfg = resume_config(run, {"max_iters": 8, "batch_size": 8})
+    assert cfg.lr_decay_iters == 8 and cfg.sampler == "epoch"
+    result = train(model_config, cfg, resume=True)
+    assert result.step == 8
+    assert_same_weights(straight / "ckpt.safetensors", run / "ckpt.safetensors")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _count_allreduces(rank: int, world_size: int, port: int, grad_accum: int, results) -> None:
+    """One rank of the no_sync test: run one step of `grad_accum` micro-batches through DDP and count
+    the gradient all-reduces (a DDP comm hook sees each bucket it would all-reduce)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from gptkit import distributed
+    from gptkit.model import GPT, ModelConfig
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    try:
+        ctx = distributed.Distributed(rank, rank, world_size)
+        model = GPT(ModelConfig(vocab_size=20, **TINY_MODEL))
+        wrapped = distributed.wrap_model(model, ctx, "ddp", torch.float32)
+        calls = []
+
+        def counting_hook(state, bucket):
+            calls.append(1)
+            return allreduce_hook(state, bucket)
+
+        wrapped.register_comm_hook(None, counting_hook)
+        for micro_step in range(grad_accum):
+            with distributed.gradient_sync(wrapped, micro_step == grad_accum - 1):
+                x = torch.randint(20, (2, 8))
+                _, loss = wrapped(x, x)
+                loss.backward()
+            if micro_step < grad_accum - 1:
+                assert len(calls) == 0  # no communication before the last micro-batch
+        results[rank] = len(calls)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradient_accumulation_all_reduces_once_per_step():
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    context = mp.spawn(_count_allreduces, args=(2, _free_port(), 3, results), nprocs=2, join=False)
+    for process in context.processes:
+        process.join(LAUNCH_TIMEOUT)
+    alive = [p for p in context.processes if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung"
+    assert all(p.exitcode == 0 for p in context.processes)
+    # every bucket was all-reduced exactly once, after the last of the 3 micro-batches
+    assert results[0] == results[1] >= 1
+    buckets = results[0]
+    assert buckets < 3  # a tiny model fits one or two 25 MB buckets: 3 micro-batches did not triple it

@@ -1,0 +1,82 @@
+"""The GPU-side settings, tested as far as a CPU-only machine allows: presets resolve, the GPT-2
+model builds and runs, torch.compile's `auto`, the MFU peak table (devices.GPU_PEAK_FLOPS)."""
+
+import pytest
+import torch
+
+from gptkit.config import PRESETS, resolve_config, to_toml
+from gptkit.devices import Runtime, compile_enabled, peak_flops
+from gptkit.model import GPT
+
+
+def test_gpt2_124m_preset_is_nanogpts_reproduction():
+    model, train = resolve_config("gpt2-124m")
+    assert (model.n_layer, model.n_head, model.n_embd, model.block_size) == (12, 12, 768, 1024)
+    assert model.dropout == 0.0 and model.bias is False
+    assert train.batch_size * model.block_size * train.grad_accum == 491_520  # ~0.5M tokens per step
+    assert (train.learning_rate, train.min_lr, train.warmup_iters) == (6e-4, 6e-5, 2000)
+    assert train.max_iters == train.lr_decay_iters == 600_000
+    assert (train.beta1, train.beta2, train.weight_decay, train.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert train.compile == "auto" and train.lr_schedule == "cosine"
+    assert "nanoGPT" in PRESETS["gpt2-124m"].description and "train_gpt2.py" in PRESETS["gpt2-124m"].description
+    assert 'compile = "auto"' in to_toml(model, train)
+
+
+def test_gpt2_124m_builds_with_124m_parameters_and_runs_forward():
+    from dataclasses import replace
+
+    model_config, _ = resolve_config("gpt2-124m")
+    torch.manual_seed(0)
+    model = GPT(replace(model_config, vocab_size=50257))
+    assert model.num_params() == pytest.approx(124.4e6, rel=0.01)  # GPT-2 small's count, embeddings tied
+    idx, targets = torch.randint(50257, (2, 1, 8))
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+    assert logits.shape == (1, 8, 50257) and 10.0 < loss.item() < 11.5  # ~ln(50257) = 10.8 at init
+    # nanoGPT's estimate: 6N + 12 L C T FLOPs per token; about 0.85 GFLOP for GPT-2 small at T = 1024
+    assert model.flops_per_token() == pytest.approx(6 * model.num_params(False) + 12 * 12 * 768 * 1024)
+
+
+@pytest.mark.parametrize(
+    "setting, device, expected",
+    [("auto", "cuda", True), ("auto", "cpu", False), ("auto", "mps", False), ("true", "cpu", True), ("false", "cuda", False)],
+)
+def test_compile_auto_means_cuda_only(setting, device, expected):
+    assert compile_enabled(setting, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("flag, stored", [(True, "true"), (False, "false")])
+def test_compile_still_takes_a_boolean(flag, stored, tmp_path):
+    """--compile/--no-compile, `compile = true` in TOML and configs saved before `auto` existed."""
+    _, train = resolve_config(None, None, None, {"compile": flag})
+    assert train.compile == stored
+    (tmp_path / "c.toml").write_text("[train]\ncompile = \"auto\"\n")
+    assert resolve_config(None, tmp_path / "c.toml")[1].compile == "auto"
+
+
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA GeForce RTX 4090", 165.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("Some Future GPU", None),
+    ],
+)
+def test_the_mfu_peak_is_found_by_device_name(monkeypatch, name, tflops):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak = peak_flops(Runtime(torch.device("cuda", 0), torch.bfloat16))
+    assert peak == (tflops * 1e12 if tflops else None)
+
+
+def test_no_peak_and_no_mfu_on_the_cpu(tmp_path, tiny_data):
+    from conftest import tiny_configs
+    from gptkit.train import train
+
+    assert peak_flops(Runtime(torch.device("cpu"), torch.bfloat16)) is None
+    train(*tiny_configs(tiny_data, tmp_path / "run", max_iters=4, eval_interval=4))
+    assert all("mfu" not in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
