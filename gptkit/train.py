@@ -267,11 +267,11 @@ def train(
     forward = torch.compile(wrapped) if compile_enabled(cfg.compile, runtime.device) else wrapped
 
     sinks = []
-    if ctx.is_main:
+    if ctx.is_main:  # rank 0 alone writes the run folder
         atomic_write_text(out / "config.toml", to_toml(model_config, cfg))
         sinks.append(MetricsLog(out / "metrics.jsonl", keep_until_step=step if resumed else None))
-    if cfg.tensorboard and ctx.is_main:
-        sinks.append(TensorBoardLog(out / TENSORBOARD_DIR, purge_step=step + 1 if resumed else None))
+        if cfg.tensorboard:
+            sinks.append(TensorBoardLog(out / TENSORBOARD_DIR, purge_step=step + 1 if resumed else None))
 
     def log(record: dict) -> None:
         for sink in sinks:
