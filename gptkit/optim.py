@@ -17,8 +17,9 @@ handful of matmuls, which GPUs (and CPUs) do fast.
 
 Muon is defined for matrices that map hidden features to hidden features, so it gets the 2-D weights
 of the transformer blocks. The token embedding (a lookup table, whose rows see gradient only when their
-token occurs, and which is also the output layer here), the position embedding, and every gain and bias
-(vectors, not maps) stay with AdamW, as in the Muon write-up and modded-nanogpt.
+token occurs), the output layer (the same matrix when tied, else `lm_head`: it maps to vocabulary
+scores, not hidden features), the position embedding, and every gain and bias (vectors, not maps) stay
+with AdamW, as in the Muon write-up and modded-nanogpt.
 """
 
 from __future__ import annotations

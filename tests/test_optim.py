@@ -90,8 +90,9 @@ def tiny_model(**overrides):
     return GPT(ModelConfig(vocab_size=30, **{**TINY_MODEL, **overrides}))
 
 
-def test_muon_gets_the_hidden_matrices_and_adamw_the_rest():
-    model = tiny_model()
+@pytest.mark.parametrize("variant", [{}, dict(tie_embeddings=False, position="rope", norm="rmsnorm", mlp="swiglu")])
+def test_muon_gets_the_hidden_matrices_and_adamw_the_rest(variant):
+    model = tiny_model(**variant)
     cfg = TrainConfig(optimizer="muon", learning_rate=2e-3, muon_lr=0.04, weight_decay=0.25)
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     assert isinstance(optimizer, CombinedOptimizer)
@@ -101,6 +102,8 @@ def test_muon_gets_the_hidden_matrices_and_adamw_the_rest():
     assert muon_names == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
     adam_names = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
     assert {"token_embedding.weight", "blocks.0.attn.qkv.bias", "final_norm.weight"} <= adam_names
+    if variant:  # a separate output layer is not a hidden matrix either
+        assert "lm_head.weight" in adam_names
     assert muon_names.isdisjoint(adam_names) and len(muon_names | adam_names) == len(names)
     decay, no_decay = adamw.param_groups
     assert decay["weight_decay"] == 0.25 and all(p.dim() >= 2 for p in decay["params"])
