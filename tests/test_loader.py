@@ -147,3 +147,18 @@ def test_resume_is_bitwise_exact_with_the_epoch_sampler(tmp_path, tiny_data, sam
     a = load_checkpoint(straight / "ckpt.safetensors").state_dict
     b = load_checkpoint(split_run / "ckpt.safetensors").state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_runs_saved_before_the_sampler_setting_resume_with_random_windows(tmp_path, tiny_data):
+    """A checkpoint whose config has no `sampler` (gptkit before it existed) drew random windows."""
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.run_folder import saved_steps
+
+    out = tmp_path / "run"
+    train(*tiny_configs(tiny_data, out, max_iters=4, eval_interval=4, sampler="random"))
+    point = saved_steps(out)[0]
+    ckpt = load_checkpoint(point.checkpoint)
+    older = {k: v for k, v in ckpt.train_config.items() if k != "sampler"}
+    save_checkpoint(point.checkpoint, ckpt.build_model(), ckpt.tokenizer_spec, ckpt.step, ckpt.train_loss, ckpt.val_loss, older)
+    assert resume_config(out, {})[1].sampler == "random"
+    assert resume_config(out, {"sampler": "epoch"})[1].sampler == "epoch"  # unless asked otherwise
