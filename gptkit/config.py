@@ -54,7 +54,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay); see schedule.py
     cooldown_frac: float = 0.2  # wsd: share of the decay length spent decaying to min_lr
     # data and parallelism
-    sampler: str = "epoch"  # epoch (shuffled, no repeats) | random (windows anywhere) | documents; see loader.py
+    sampler: str = "random"  # random (windows anywhere) | epoch (shuffled, no repeats) | documents; see loader.py
     parallel: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (shard it); see distributed.py
     # evaluation and logging
     eval_interval: int = 250  # steps between evaluations (and checkpoints)

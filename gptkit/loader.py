@@ -3,14 +3,14 @@
 A training example is a window of T + 1 consecutive tokens of one shard: the model reads the first T
 and predicts the last T (each token's successor). Three samplers choose the windows:
 
-    epoch      (the default) shuffled without replacement: an epoch is every window of T + 1 tokens
-               at a stride of T (so each token is predicted once per epoch), visited in a random order.
-               The order and a random phase (where the stride grid starts, so epochs cut the text at
-               different places) come from (seed, epoch) alone, so the position in the run is two
-               integers. docs/performance.md has the comparison that made it the default.
-    random     every micro-batch picks window starts uniformly at random, with replacement
-               (nanoGPT's get_batch). Windows overlap and some text is seen twice before other text
-               is seen once. Cheap and stateless apart from its random generator.
+    random     (the default) every micro-batch picks window starts uniformly at random, with
+               replacement (nanoGPT's get_batch). Windows overlap and some text is seen twice before
+               other text is seen once. Cheap and stateless apart from its random generator.
+    epoch      shuffled without replacement: an epoch is every window of T + 1 tokens at a stride of
+               T (so each token is predicted once per epoch), visited in a random order. The order
+               and a random phase (where the stride grid starts, so epochs cut the text at different
+               places) come from (seed, epoch) alone, so the position in the run is two integers.
+               docs/performance.md compares it with `random`.
     documents  like epoch, but every window starts at the beginning of a document (right after an
                <|endoftext|> token, or at a shard's start), and long documents continue in further
                windows T tokens apart; the model then always sees a document's opening with its start.

@@ -180,7 +180,6 @@ def resume_config(out: str | Path, train_overrides: dict, step: int | None = Non
     except DamagedFile as e:
         raise with_last_good_step(e, out, point.step) from None
     saved = {k: v for k, v in checkpoint.train_config.items() if k in TrainConfig.__dataclass_fields__}
-    saved.setdefault("sampler", "random")  # runs saved before `sampler` existed drew random windows: keep doing so
     cfg = apply_settings(TrainConfig(), saved, str(point.checkpoint))
     return checkpoint.model_config, apply_settings(cfg, train_overrides, "options")
 

@@ -150,7 +150,8 @@ def test_resume_is_bitwise_exact_with_the_epoch_sampler(tmp_path, tiny_data, sam
 
 
 def test_runs_saved_before_the_sampler_setting_resume_with_random_windows(tmp_path, tiny_data):
-    """A checkpoint whose config has no `sampler` (gptkit before it existed) drew random windows."""
+    """A checkpoint whose config has no `sampler` (gptkit before it existed) drew random windows, and
+    resumes with them (the default; were the default to change, resume_config must supply `random`)."""
     from gptkit.checkpoint import save_checkpoint
     from gptkit.run_folder import saved_steps
 

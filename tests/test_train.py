@@ -122,8 +122,7 @@ def test_tiny_run_writes_its_artifacts(tiny_run):
     best = load_checkpoint(out / "best.safetensors")
     assert best.step == 30 and best.val_loss == ckpt.val_loss  # the last eval was the best
     _, step, rng, extra = load_resume_state(step_paths(out, 30).state)
-    assert step == 30 and extra["best_val_loss"] == ckpt.val_loss and "torch" in rng
-    assert extra["loader"]["epoch"] == 0 and extra["loader"]["position"] == 30 * 8  # the epoch sampler's place
+    assert step == 30 and extra["best_val_loss"] == ckpt.val_loss and {"torch", "batches"} <= set(rng)
     assert extra["checkpoint_checksum"] == "sha256:" + weights_checksum(ckpt.state_dict)  # the state of this checkpoint
     # config.toml is the resolved config, and resolves back to it
     saved = tomllib.loads((out / "config.toml").read_text())
