@@ -302,7 +302,7 @@ def prepare_text(
         split, piece = task
         if piece is None:
             return split, [eot], 0
-        return split, tokenizer.encode_ordinary(piece), len(piece.encode("utf-8"))
+        return split, tokenizer.encode_to_array(piece), len(piece.encode("utf-8"))
 
     dtype = token_dtype_for(tokenizer.vocab_size)
     with _staging(out) as staging:

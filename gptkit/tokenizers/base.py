@@ -49,6 +49,13 @@ class Tokenizer(ABC):
     def encode_ordinary(self, text: str) -> list[int]:
         """Text to ids, with every character treated as plain text (no special tokens)."""
 
+    def encode_to_array(self, text: str):
+        """encode_ordinary as a NumPy array: what `prepare` writes into shards. Tokenizers that can
+        skip building a Python list of ints (tiktoken's) override it."""
+        import numpy as np
+
+        return np.asarray(self.encode_ordinary(text), dtype=np.int64)
+
     def encode(self, text: str, allowed_special: Collection[str] | str = ()) -> list[int]:
         """Text to ids. Special-token strings in `text` become their ids only when named in
         `allowed_special` (or when it is "all"); otherwise they are plain text."""
