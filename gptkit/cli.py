@@ -119,7 +119,10 @@ def prepare_text_cmd(
 # train
 
 
-PRESET_NAMES = "shakespeare-char-cpu (default on CPU), shakespeare-char (default on GPU), gpt2-124m"
+# Listed here rather than read from config.PRESETS, which would import torch for --help.
+PRESET_NAMES = (
+    "shakespeare-char-cpu (default on CPU), shakespeare-char-cpu-fast, shakespeare-char (default on GPU), gpt2-124m"
+)
 
 
 @app.command(

@@ -145,3 +145,11 @@ def test_apply_settings_returns_a_copy():
     base = TrainConfig()
     changed = apply_settings(base, {"seed": 7}, "test")
     assert changed.seed == 7 and base.seed == 1337
+
+
+def test_train_help_names_every_preset():
+    """cli.PRESET_NAMES is written out by hand (importing config would import torch for --help)."""
+    from gptkit.cli import PRESET_NAMES
+    from gptkit.config import PRESETS
+
+    assert sorted(name.split(" (")[0] for name in PRESET_NAMES.split(", ")) == sorted(PRESETS)
