@@ -35,8 +35,8 @@ import numpy as np
 from gptkit.errors import GptkitError, Problems, UsageError
 from gptkit.shards import SPLITS, ShardWriter, token_dtype_for, write_meta
 from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_blocks, read_text_file
-from gptkit.tokenizers import Tokenizer, build_tokenizer, needs_corpus
-from gptkit.tokenizers.streaming import iter_pieces, map_in_order
+from gptkit.tokenizers import Tokenizer, build_tokenizer, needs_corpus, tokenizer_from_spec
+from gptkit.tokenizers.streaming import iter_pieces, map_in_processes
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # like llm.c: 100M tokens (200 MB of uint16) per shard
 TOKENIZER_TRAIN_CHARS = 50_000_000  # bpe/sp-* learn from at most this much text (time, not memory)
@@ -298,19 +298,14 @@ def prepare_text(
             for piece in pieces:
                 yield split, piece
 
-    def encode(task: tuple[str, str | None]) -> tuple[str, list[int], int]:
-        split, piece = task
-        if piece is None:
-            return split, [eot], 0
-        return split, tokenizer.encode_to_array(piece), len(piece.encode("utf-8"))
-
     dtype = token_dtype_for(tokenizer.vocab_size)
     with _staging(out) as staging:
         writers = {split: ShardWriter(staging, split, dtype, shard_tokens) for split in SPLITS}
         num_bytes = dict.fromkeys(SPLITS, 0)
         started, next_report = time.perf_counter(), 100_000_000
-        for split, ids, piece_bytes in map_in_order(encode, tasks(), workers):
-            writers[split].write(ids)
+        encoded = map_in_processes(_encode_task, tasks(), workers, _set_worker_tokenizer, (tokenizer.spec(),))
+        for split, ids, piece_bytes in encoded:
+            writers[split].write([eot] if ids is None else ids)
             num_bytes[split] += piece_bytes
             done = sum(num_bytes.values())
             if done >= next_report:
@@ -319,6 +314,23 @@ def prepare_text(
                 next_report = done + 100_000_000
         splits = {split: _split_info(writers[split], num_bytes[split], log) for split in SPLITS}
         return _finish(staging, out, tokenizer, splits, _file_source("text", files))
+
+
+# Each encoding process holds its own copy of the tokenizer, rebuilt from its spec.
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _set_worker_tokenizer(spec: dict) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer_from_spec(spec)
+
+
+def _encode_task(task: tuple[str, str | None]):
+    """(split, piece) -> (split, its ids, its UTF-8 bytes); a None piece stands for <|endoftext|>."""
+    split, piece = task
+    if piece is None:
+        return split, None, 0
+    return split, _worker_tokenizer.encode_to_array(piece), len(piece.encode("utf-8"))
 
 
 def _all_text(files: list[TextFile]) -> Iterator[str]:

@@ -9,8 +9,11 @@ the same chunk as the letter after it, and the chunk that ends with it ends ther
 (A line longer than MAX_PIECE_CHARS is cut where it is: the only place ids may differ from encoding
 the whole text at once.)
 
-Text comes in as blocks from sources.read_text_blocks. Encoding runs on a thread pool. tiktoken's Rust core releases Python's GIL while it encodes, so its
-tokenizers (gptkit's BPE, gpt2, ...) really use every core; results come back in order.
+Text comes in as blocks from sources.read_text_blocks. `prepare` encodes the pieces on a pool of
+processes (map_in_processes), one tokenizer per process; results come back in order. Threads would
+share one tokenizer, and although tiktoken's Rust core releases Python's GIL while it encodes, two
+threads of a fresh process were measured to slow each other down (docs/tokenization.md), while two
+processes encode twice as fast as one. The `tokenize` commands, which stream stdin, use threads.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 PIECE_CHARS = 1 << 20  # encode about 1M characters per task
@@ -66,10 +69,34 @@ def map_in_order(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
     2 x workers items are in flight, so memory stays flat however many items there are."""
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
+        yield from _bounded_map(pool, fn, items, workers)
+
+
+def map_in_processes(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int | None = None,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Iterator[R]:
+    """map_in_order on `workers` processes, each set up once by initializer(*initargs). `fn` and
+    `initializer` must be module-level functions (they are sent to the processes by name). With one
+    worker everything runs here, in this process."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(workers, initializer=initializer, initargs=initargs) as pool:
+        yield from _bounded_map(pool, fn, items, workers)
+
+
+def _bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= 2 * workers:
             yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
