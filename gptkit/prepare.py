@@ -262,7 +262,11 @@ def prepare_text(
     workers: int | None = None,
 ) -> dict:
     """Prepare the user's own UTF-8 text files (folders are searched recursively); one document per
-    file. Streams: memory does not grow with the size of the corpus."""
+    file. Streams: memory does not grow with the size of the corpus.
+
+    Encoding runs on `workers` processes (default: one per core; 1 keeps it in this process). Where
+    Python starts processes by re-importing the caller (macOS, Windows), call this from a script under
+    `if __name__ == "__main__":`, as with any multiprocessing code."""
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     out = _check_out(out)
