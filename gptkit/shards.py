@@ -22,7 +22,6 @@ memory-map the tokens: a shard is never loaded whole into RAM.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -166,14 +165,6 @@ def read_shard(path: str | Path) -> np.ndarray:
             hint="the file was truncated or overwritten; run `gptkit prepare` again",
         )
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
-
-
-def sha256_of_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------

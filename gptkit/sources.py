@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gptkit.errors import GptkitError, Problems
+from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_write_bytes
 
 
@@ -112,16 +112,6 @@ def read_text_file(path: str | Path) -> str:
     if path.is_dir():
         raise GptkitError(f"{path} is a folder, not a text file")
     return "".join(read_text_blocks(path))
-
-
-def read_text_files(paths: list[Path]) -> list[str]:
-    """read_text_file for each path; one error names every file that cannot be read."""
-    problems, texts = Problems(), []
-    for path in paths:
-        with problems.check():
-            texts.append(read_text_file(path))
-    problems.raise_if_any()
-    return texts
 
 
 def collect_text_files(paths: list[str | Path]) -> list[Path]:
