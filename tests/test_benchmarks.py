@@ -3,6 +3,7 @@ records the README's figures keeps working. (Timings are printed, never asserted
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,3 +23,23 @@ def test_shakespeare_cpu_benchmark_runs_every_variant(shakespeare_file):
     for row in ("nanogpt-reference", "shakespeare-char-cpu ", "cpu+gpt2-block", "shakespeare-char-cpu-fast"):
         assert row in table
     assert table.count("per-iteration speed-up over the reference") == 3
+
+
+def test_gpu_check_runs_the_pipeline_and_a_speed_configuration(shakespeare_file, tmp_path):
+    """The GPU check, run on the CPU with tiny settings: every command of the pipeline and the speed
+    benchmark must work, so that a short GPU loan is not spent finding a typo."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPTKIT_SHAKESPEARE": str(shakespeare_file)}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path), "--device", "cpu",
+         "--pipeline-steps", "8",
+         "--pipeline-args", "--n-layer 1 --n-embd 32 --n-head 2 --block-size 32 --batch-size 4 --eval-iters 1",
+         "--configs", "shakespeare-char", "--bench-args", "--iters 2 --warmup 1 --batch-size 1"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["pipeline"]["resumed"]["step"] == 10
+    assert results["pipeline"]["sample"].startswith("ROMEO:")
+    [speed] = results["speed"]
+    assert speed["name"] == "shakespeare-char" and speed["tokens_per_sec"] > 0
+    assert "| shakespeare-char | cpu, float32 |" in done.stdout
