@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -39,7 +40,7 @@ import torch
 
 from gptkit.config import resolve_config
 from gptkit.devices import Runtime, peak_flops, resolve_runtime
-from gptkit.model import GPT
+from gptkit.model import GPT, ModelConfig
 from gptkit.monitor import Monitor
 from gptkit.shards import token_dtype_for, write_meta, write_shard
 from gptkit.train import train
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="[default: the preset's]")
     ap.add_argument("--grad-accum", type=int, default=None, help="[default: the preset's]")
     ap.add_argument("--data", default=None, help="a prepared data folder instead of random tokens")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any train setting, e.g. optimizer=muon (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any train or model setting, e.g. optimizer=muon, vocab_multiple=1 (repeatable)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args()
@@ -113,9 +114,13 @@ def main() -> None:
         except tomllib.TOMLDecodeError:
             overrides[key] = value
     iters = -(-args.iters // args.warmup) * args.warmup  # a whole number of report intervals
+    # A model setting (e.g. vocab_multiple=1, to measure the padding) goes to the model, the rest to train.
+    model_fields = {f.name for f in fields(ModelConfig)}
+    model_overrides = {k: v for k, v in overrides.items() if k in model_fields}
+    train_overrides = {k: v for k, v in overrides.items() if k not in model_fields}
     model_config, cfg = resolve_config(
-        args.preset, None, None,
-        {**overrides, "device": str(runtime.device), "dtype": args.dtype, "max_iters": args.warmup + iters,
+        args.preset, None, model_overrides,
+        {**train_overrides, "device": str(runtime.device), "dtype": args.dtype, "max_iters": args.warmup + iters,
          "log_interval": args.warmup, "eval_interval": 10**9, "eval_iters": 1},
     )
 

@@ -111,11 +111,27 @@ class Checkpoint:
 
     def build_model(self, device: torch.device | str = "cpu") -> GPT:
         model = GPT(self.model_config)
+        self.load_into(model)
+        return model.to(device)
+
+    def load_into(self, model: GPT) -> None:
+        """Copy the weights into `model` (built from this checkpoint's config), or say why they don't fit."""
+        config = model.config
+        # The vocabulary-sized matrices first: their rows are vocab_size padded to vocab_multiple, and
+        # torch's size-mismatch message would not say so.
+        for name in ("token_embedding.weight", "lm_head.weight"):
+            saved = self.state_dict.get(name)
+            if saved is not None and saved.dim() == 2 and saved.size(0) != config.padded_vocab_size:
+                raise GptkitError(
+                    f"checkpoint weights do not fit its model config: {name} has {saved.size(0):,} rows, but "
+                    f"vocab_size {config.vocab_size:,} padded to a multiple of vocab_multiple {config.vocab_multiple} "
+                    f"needs {config.padded_vocab_size:,}",
+                    hint="the model config saved with the weights is not theirs; use a checkpoint written by `gptkit train`",
+                )
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
             raise GptkitError(f"checkpoint weights do not fit its model config: {str(e).splitlines()[0]}") from None
-        return model.to(device)
 
     def tokenizer(self):
         from gptkit.tokenizers import tokenizer_from_spec
@@ -215,7 +231,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 def _checkpoint_from(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Checkpoint:
     try:
         return Checkpoint(
-            model_config=ModelConfig(**json.loads(metadata["model_config"])),
+            model_config=_model_config_from(metadata["model_config"]),
             tokenizer_spec=json.loads(metadata["tokenizer"]),
             state_dict=tensors,
             step=int(metadata["step"]),
@@ -226,6 +242,16 @@ def _checkpoint_from(path: Path, metadata: dict[str, str], tensors: dict[str, to
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DamagedFile(path, f"has damaged metadata ({type(e).__name__}: {e})") from None
+
+
+def _model_config_from(text: str) -> ModelConfig:
+    """The saved model config, validated. A field it lacks takes its default: checkpoints written before
+    vocab_multiple existed have unpadded embeddings, which is vocab_multiple = 1."""
+    config = ModelConfig(**json.loads(text))
+    problems = config.validate()
+    if problems:
+        raise ValueError("; ".join(problems))
+    return config
 
 
 def peek_checkpoint(path: str | Path) -> Checkpoint:

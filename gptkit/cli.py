@@ -177,6 +177,9 @@ def train(
     tie_embeddings: Optional[bool] = typer.Option(
         None, "--tie-embeddings/--untie-embeddings", help="Output layer shares the token embedding.", rich_help_panel="Model"
     ),
+    vocab_multiple: Optional[int] = typer.Option(
+        None, "--vocab-multiple", help="Pad the vocabulary to a multiple of this (64: faster on GPUs).  [default: 1]", rich_help_panel="Model"
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out from its newest saved step."),
     resume_from: Optional[int] = typer.Option(None, "--resume-from", help="Continue the run in --out from this saved step (later ones are redone).", metavar="STEP"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if --out holds a run."),
@@ -207,7 +210,7 @@ def train(
         k: v
         for k, v in dict(
             n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, bias=bias,
-            position=position, norm=norm, mlp=mlp, tie_embeddings=tie_embeddings,
+            position=position, norm=norm, mlp=mlp, tie_embeddings=tie_embeddings, vocab_multiple=vocab_multiple,
         ).items()
         if v is not None
     }

@@ -150,8 +150,10 @@ PRESETS: dict[str, Preset] = {
     "gpt2-124m": Preset(
         "GPT-2 small (124M) on GPT-2-tokenized data, as nanoGPT's GPT-2 reproduction (config/train_gpt2.py "
         "over train.py's defaults): 491,520 tokens per step on one GPU (12 x 1024 x grad_accum 40; under "
-        "torchrun with N GPUs use --grad-accum 40/N), 600k steps, lr 6e-4 -> 6e-5, 2000 warmup steps, no biases",
-        model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False),
+        "torchrun with N GPUs use --grad-accum 40/N), 600k steps, lr 6e-4 -> 6e-5, 2000 warmup steps, no biases, "
+        "vocabulary padded to a multiple of 64 (50257 -> 50304)",
+        # The char presets keep vocab_multiple = 1: padding 65 symbols to 128 would double their output layer.
+        model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, vocab_multiple=64),
         train=dict(
             max_iters=600_000, lr_decay_iters=600_000, batch_size=12, grad_accum=40, learning_rate=6e-4,
             min_lr=6e-5, warmup_iters=2000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,

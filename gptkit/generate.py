@@ -70,7 +70,8 @@ def generate(
         else:
             window = torch.tensor([[tokens[-1]]], device=device)  # only the newest token
         logits, _ = model(window, cache=cache)
-        token = int(next_token(logits[:, -1, :], temperature, top_k, generator))
+        # Only real tokens: the padded ids past vocab_size (model.py) must never be drawn.
+        token = int(next_token(model.unpadded(logits[:, -1, :]), temperature, top_k, generator))
         tokens.append(token)
         yield token
         if token == stop_id:

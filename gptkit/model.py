@@ -8,11 +8,11 @@ This is the GPT-2 architecture (Radford et al., 2019), written to be read in one
              x = x + Attention(LayerNorm(x))   # "pre-norm": normalise the input of each sublayer
              x = x + MLP(LayerNorm(x))
       -> final LayerNorm
-      -> logits = x @ token_embedding.T                     (B, T, vocab)   # tied weights
+      -> logits = x @ token_embedding.T                     (B, T, V)   # tied weights; V = padded vocab
 
 Shapes use B = batch, T = time (sequence length), C = n_embd (channels), H = n_head, D = C // H.
 
-Three details that matter in practice:
+Four details that matter in practice:
   * Attention goes through `F.scaled_dot_product_attention`, which picks the fastest kernel the
     device has (FlashAttention on recent GPUs, a fused kernel on CPU).
   * The output layer reuses the token embedding matrix ("weight tying", Press & Wolf 2017): fewer
@@ -20,6 +20,9 @@ Three details that matter in practice:
   * GPT-2 initialisation: every weight ~ N(0, 0.02), and the projections that write into the
     residual stream are scaled by 1/sqrt(2 * n_layer) so the stream's variance does not grow with
     depth (each block adds two such writes).
+  * Vocabulary padding: `vocab_multiple` rounds the embedding's rows up (GPT-2: 50257 -> 50304, a
+    multiple of 64, as nanoGPT does) so the output matmul has a width GPU tensor cores like. The extra
+    ids are never targets, so training pushes their logits down; sampling drops them (`GPT.unpadded`).
 
 Each component can be swapped from the config, so a student can change one thing and measure it
 (the GPT-2 choice is the default; presets pick others):
@@ -55,6 +58,7 @@ class ModelConfig:
     """Everything needed to build the network. Saved in every checkpoint's metadata."""
 
     vocab_size: int = 50257  # set from the data's tokenizer by `train`
+    vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64: faster matmuls on GPUs)
     block_size: int = 1024  # context length: the longest sequence the model sees
     n_layer: int = 12
     n_head: int = 12
@@ -66,10 +70,15 @@ class ModelConfig:
     mlp: str = "gelu"  # gelu | relu2 | swiglu
     tie_embeddings: bool = True  # output layer = token embedding matrix (transposed)
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding and width of the logits: vocab_size rounded up to vocab_multiple."""
+        return self.vocab_multiple * math.ceil(self.vocab_size / self.vocab_multiple)
+
     def validate(self) -> list[str]:
         """Return every problem with this config, as sentences (empty when valid)."""
         problems = []
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             if getattr(self, name) < 1:
                 problems.append(f"model.{name} must be at least 1 (got {getattr(self, name)})")
         if self.n_head >= 1 and self.n_embd % self.n_head != 0:
@@ -248,13 +257,14 @@ class GPT(nn.Module):
         if problems:
             raise ValueError("; ".join(problems))
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        # padded_vocab_size rows: the ids from vocab_size up are padding, never produced by the tokenizer.
+        self.token_embedding = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.position_embedding = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.final_norm = make_norm(config)
         # Tied: the output layer reuses token_embedding.weight, so there is no separate matrix to learn.
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -269,7 +279,8 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, include_position_embedding: bool = True) -> int:
-        """Parameter count. The token embedding counts once: it is also the output layer."""
+        """Parameter count. The token embedding counts once: it is also the output layer. Padded rows
+        count too: they are real weights that the output matmul (and so flops_per_token) computes with."""
         n = sum(p.numel() for p in self.parameters())
         if not include_position_embedding and self.position_embedding is not None:
             n -= self.position_embedding.weight.numel()
@@ -281,8 +292,11 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids. Returns logits (B, T, vocab) and, given targets (B, T), the mean
-        cross-entropy loss of predicting targets[:, t] from idx[:, :t+1]."""
+        """idx: (B, T) token ids. Returns logits (B, T, padded_vocab_size) and, given targets (B, T), the
+        mean cross-entropy loss of predicting targets[:, t] from idx[:, :t+1].
+
+        The loss is over all padded logits, as in nanoGPT: the padded ids are never targets, so training
+        drives their probability towards zero without a mask on the hot path."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -296,7 +310,7 @@ class GPT(nn.Module):
             x = block(x, cache)
         x = self.final_norm(x)
         if self.lm_head is None:
-            logits = F.linear(x, self.token_embedding.weight)  # tied: (B, T, C) @ (C, vocab)
+            logits = F.linear(x, self.token_embedding.weight)  # tied: (B, T, C) @ (C, V)
         else:
             logits = self.lm_head(x)
         loss = None
@@ -304,11 +318,16 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
         return logits, loss
 
+    def unpadded(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (..., padded_vocab_size) -> (..., vocab_size): the scores of real tokens only. Whatever
+        turns logits into tokens or probabilities (sampling, top-k) goes through this."""
+        return logits[..., : self.config.vocab_size]
+
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6 per parameter (forward 2, backward 4) plus attention's scores.
 
         From the PaLM paper's appendix B; used to report model FLOPs utilisation (MFU).
         """
         c = self.config
-        n = self.num_params(include_position_embedding=False)
+        n = self.num_params(include_position_embedding=False)  # padded rows included: they are computed
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size

@@ -240,7 +240,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = GPT(model_config).to(runtime.device)
     if resumed is not None:
-        model.load_state_dict(resumed.state_dict)
+        resumed.load_into(model)
     wrapped = distributed.wrap_model(model, ctx, cfg.parallel, runtime.dtype)  # `model` itself on one process
     optimizer = make_optimizer(model, cfg, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)

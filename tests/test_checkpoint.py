@@ -284,3 +284,44 @@ def test_round_trip_of_a_rope_untied_model(tmp_path):
     idx = torch.randint(CONFIG.vocab_size, (1, 16))
     with torch.no_grad():
         assert torch.equal(ckpt.build_model().eval()(idx)[0], model(idx)[0])
+
+
+# --- vocabulary padding -------------------------------------------------------------------------------
+
+
+def test_round_trip_of_a_padded_model(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(**{**CONFIG.to_dict(), "vocab_multiple": 64})
+    model = GPT(config).eval()
+    path = tmp_path / "padded.safetensors"
+    save_checkpoint(path, model, SPEC, step=1)
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["model_config"])["vocab_multiple"] == 64
+    ckpt = load_checkpoint(path)
+    assert ckpt.model_config == config and ckpt.model_config.vocab_size == CONFIG.vocab_size
+    rebuilt = ckpt.build_model().eval()
+    assert rebuilt.token_embedding.weight.shape == (64, 32)  # 30 ids padded to 64
+    idx = torch.randint(CONFIG.vocab_size, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(idx)[0], model(idx)[0])
+
+
+def test_checkpoint_from_before_vocab_multiple_loads_unpadded(saved, tmp_path):
+    path, model = saved
+    old_config = {k: v for k, v in CONFIG.to_dict().items() if k != "vocab_multiple"}
+    old = rewrite(path, tmp_path / "old.safetensors", model_config=json.dumps(old_config))
+    ckpt = load_checkpoint(old)
+    assert ckpt.model_config.vocab_multiple == 1 and ckpt.model_config == CONFIG
+    rebuilt = ckpt.build_model()
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+
+
+def test_padding_that_does_not_fit_the_weights(saved, tmp_path):
+    path, _ = saved  # unpadded: 30 rows
+    wrong = rewrite(path, tmp_path / "wrong.safetensors", model_config=json.dumps({**CONFIG.to_dict(), "vocab_multiple": 64}))
+    with pytest.raises(GptkitError, match="token_embedding.weight has 30 rows, but vocab_size 30 padded to a multiple of vocab_multiple 64 needs 64") as info:
+        load_checkpoint(wrong).build_model()
+    assert "checkpoint weights do not fit its model config" in info.value.message
+    invalid = rewrite(path, tmp_path / "invalid.safetensors", model_config=json.dumps({**CONFIG.to_dict(), "vocab_multiple": 0}))
+    with pytest.raises(GptkitError, match=r"has damaged metadata .*model.vocab_multiple must be at least 1 \(got 0\)"):
+        load_checkpoint(invalid)

@@ -2,6 +2,7 @@
 conventions (stdout is data, stderr is people, exit codes, one-line errors) checked in-process."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,9 @@ def test_train_print_config(run_cli, tmp_path):
     assert r.code == 0
     config = tomllib.loads(r.stdout)
     assert config["model"]["n_layer"] == 3 and config["model"]["n_embd"] == 384 and config["train"]["max_iters"] == 7
+    assert config["model"]["vocab_multiple"] == 1
+    r = run_cli("train", "--preset", "gpt2-124m", "--vocab-multiple", "128", "--print-config")
+    assert r.code == 0 and tomllib.loads(r.stdout)["model"]["vocab_multiple"] == 128
     assert not (tmp_path / "run").exists()
 
 
@@ -160,6 +164,29 @@ def test_train_with_a_config_file_and_json(run_cli, tmp_path, tiny_data):
     assert result["step"] == 4 and result["checkpoint"] == str(tmp_path / "run" / "ckpt.safetensors")
     ckpt = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
     assert ckpt.model_config.n_embd == 16 and ckpt.model_config.block_size == 8
+
+
+def test_train_resume_eval_and_sample_a_padded_vocabulary(run_cli, tmp_path, tiny_data):
+    """--vocab-multiple through every stage: the checkpoint keeps the true vocab_size and the padding,
+    resume and eval read it back, and sampling stays within the tokenizer's vocabulary."""
+    out = tmp_path / "run"
+    base = ("train", *TINY_TRAIN_ARGS, "--data", tiny_data, "--out", out, "--eval-interval", "3")
+    r = run_cli(*base, "--max-iters", "3", "--vocab-multiple", "64")
+    assert r.code == 0, r.output
+    ckpt = load_checkpoint(out / "ckpt.safetensors")
+    vocab = json.loads((tiny_data / "meta.json").read_text())["vocab_size"]
+    assert (ckpt.model_config.vocab_size, ckpt.model_config.vocab_multiple) == (vocab, 64)
+    assert ckpt.state_dict["token_embedding.weight"].shape[0] == 64 * -(-vocab // 64)
+    r = run_cli("train", "--out", out, "--resume", "--max-iters", "6", "--device", "cpu")
+    assert r.code == 0, r.output
+    assert load_checkpoint(out / "ckpt.safetensors").model_config.vocab_multiple == 64
+    r = run_cli("eval", "--ckpt", out / "ckpt.safetensors", "--device", "cpu", "--json")
+    assert r.code == 0, r.output
+    assert 0 < json.loads(r.stdout)["val_loss"] < 2 * math.log(vocab)
+    r = run_cli("sample", "--ckpt", out / "ckpt.safetensors", "--device", "cpu", "--max-new-tokens", "40",
+                "--temperature", "1.5", "--top-k", "0", "--seed", "3", "--no-stop-at-eot", "--json", "--prompt", "The")
+    assert r.code == 0, r.output
+    assert set(json.loads(r.stdout)["completion"]) <= set(ckpt.tokenizer_spec["chars"]) | set("<|endoftext|>")
 
 
 def test_eval_plain_output(run_cli, tiny_run):

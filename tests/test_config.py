@@ -153,3 +153,15 @@ def test_train_help_names_every_preset():
     from gptkit.config import PRESETS
 
     assert sorted(name.split(" (")[0] for name in PRESET_NAMES.split(", ")) == sorted(PRESETS)
+
+
+def test_vocab_multiple_from_presets_toml_and_options(tmp_path):
+    model, _ = resolve_config("gpt2-124m")
+    assert (model.vocab_size, model.vocab_multiple, model.padded_vocab_size) == (50257, 64, 50304)  # as nanoGPT
+    for name in PRESETS:
+        if "char" in name:  # a 65-symbol vocabulary padded to 128 would double the output layer
+            assert resolve_config(name)[0].vocab_multiple == 1
+    model, _ = resolve_config("shakespeare-char", write(tmp_path, "[model]\nvocab_multiple = 8\n"))
+    assert model.vocab_multiple == 8 and "vocab_multiple = 8" in to_toml(*resolve_config(None, None, {"vocab_multiple": 8}))
+    with pytest.raises(UsageError, match=r"model.vocab_multiple must be at least 1 \(got 0\)"):
+        resolve_config(None, None, {"vocab_multiple": 0})

@@ -4,6 +4,7 @@ import torch
 from gptkit.checkpoint import load_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.generate import decode_stream, encode_prompt, generate, next_token, sample_texts
+from gptkit.model import GPT, ModelConfig
 from gptkit.tokenizers import CharTokenizer
 from gptkit.tokenizers.base import Tokenizer
 
@@ -78,6 +79,25 @@ def test_next_token_top_k_and_temperature():
     assert drawn == {0, 1, 2, 3, 4}
     # a very low temperature is (almost) greedy
     assert {int(next_token(logits, 1e-3, None, generator)) for _ in range(50)} == {3}
+
+
+def test_generation_never_draws_a_padded_id():
+    """A padded model rigged so that a padded id has the largest logit at every position: sampling
+    still draws real tokens only, greedy or not, with or without top-k."""
+    vocab = 67
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=vocab, vocab_multiple=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        # The final norm now outputs the all-ones vector whatever it is given, and every padded row is
+        # all ones too: a padded id's logit is 32, a real token's about 0 (a sum of 32 small weights).
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.fill_(1.0)
+        model.token_embedding.weight[vocab:] = 1.0
+        logits, _ = model(torch.tensor([[1, 2, 3]]))
+    assert logits.shape[-1] == 128 and (logits.argmax(dim=-1) >= vocab).all()  # unmasked, padding would win
+    for temperature, top_k in [(0.0, None), (1.0, None), (1.0, 5), (2.0, 100)]:
+        ids = list(generate(model, [1, 2, 3], 40, temperature, top_k, torch.Generator().manual_seed(0)))
+        assert len(ids) == 40 and max(ids) < vocab, (temperature, top_k)
 
 
 # --- sample_texts: the library behind `gptkit sample` ---------------------------------------------------

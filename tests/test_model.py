@@ -1,7 +1,9 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptkit.model import GPT, KVCache, ModelConfig
 
@@ -135,6 +137,7 @@ def test_no_bias_option_removes_biases():
         (dict(vocab_size=0), "model.vocab_size must be at least 1 (got 0)"),
         (dict(block_size=-1), "model.block_size must be at least 1 (got -1)"),
         (dict(dropout=1.0), "model.dropout must be in [0, 1) (got 1.0)"),
+        (dict(vocab_multiple=0), "model.vocab_multiple must be at least 1 (got 0)"),
     ],
 )
 def test_config_validation_messages(overrides, message):
@@ -265,3 +268,77 @@ def test_rotary_scores_depend_only_on_the_distance_between_positions():
     assert not torch.allclose(torch.dot(at(q, 10), at(k, 7)), torch.dot(at(q, 10), at(k, 2)), atol=1e-3)
     assert torch.allclose(at(q, 17).norm(), q.norm(), atol=1e-5)
     assert torch.equal(at(q, 0), q)  # position 0 is not rotated
+
+
+# --- vocabulary padding (vocab_multiple) --------------------------------------------------------------
+
+
+def padded_copy(model: GPT, multiple: int) -> GPT:
+    """`model` with its vocabulary padded to `multiple`: the same weights, plus (random) padded rows."""
+    padded = GPT(replace(model.config, vocab_multiple=multiple)).eval()
+    state = padded.state_dict()
+    for name, tensor in model.state_dict().items():
+        state[name] = torch.cat([tensor, state[name][tensor.size(0) :]]) if name in ("token_embedding.weight", "lm_head.weight") else tensor
+    padded.load_state_dict(state)
+    return padded
+
+
+@pytest.mark.parametrize(
+    "vocab, multiple, padded", [(67, 1, 67), (67, 64, 128), (64, 64, 64), (65, 8, 72), (50257, 64, 50304)]
+)
+def test_padded_vocab_size_rounds_up_to_the_multiple(vocab, multiple, padded):
+    config = ModelConfig(vocab_size=vocab, vocab_multiple=multiple)
+    assert config.padded_vocab_size == padded and config.vocab_size == vocab
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_padded_model_has_padded_rows_and_logits(tie_embeddings):
+    model = tiny_model(vocab_multiple=64, tie_embeddings=tie_embeddings)
+    assert model.token_embedding.weight.shape == (128, 32)
+    if not tie_embeddings:
+        assert model.lm_head.weight.shape == (128, 32)
+    logits, loss = model(random_ids(2, 8), targets=random_ids(2, 8, seed=2))
+    assert logits.shape == (2, 8, 128) and torch.isfinite(loss)
+    assert model.unpadded(logits).shape == (2, 8, VOCAB)
+    # Padded rows are real weights: counted as parameters, and so in the FLOPs per token.
+    unpadded = tiny_model(tie_embeddings=tie_embeddings)
+    extra = (128 - VOCAB) * 32 * (1 if tie_embeddings else 2)
+    assert model.num_params() == unpadded.num_params() + extra
+    assert model.flops_per_token() == unpadded.flops_per_token() + 6 * extra
+
+
+def test_padding_changes_only_the_extra_logits():
+    """With the same weights in the real rows, the real tokens' logits are the unpadded model's. The
+    loss is the cross-entropy over every padded logit (as in nanoGPT), so at init the padded ids take
+    some probability and the loss is above the unpadded one; without them it is the same."""
+    model = tiny_model()
+    padded = padded_copy(model, 64)
+    idx, targets = random_ids(2, 12), random_ids(2, 12, seed=5)
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+        padded_logits, padded_loss = padded(idx, targets)
+    torch.testing.assert_close(padded.unpadded(padded_logits), logits)
+    torch.testing.assert_close(padded_loss, F.cross_entropy(padded_logits.reshape(-1, 128), targets.reshape(-1)))
+    assert padded_loss > loss
+    masked = F.cross_entropy(padded.unpadded(padded_logits).reshape(-1, VOCAB), targets.reshape(-1))
+    torch.testing.assert_close(masked, loss)
+
+
+def test_training_pushes_the_padded_ids_down():
+    """The padded ids are never targets, so the loss alone drives their probability towards zero."""
+    model = tiny_model(vocab_multiple=64).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx, targets = random_ids(8, 16), random_ids(8, 16, seed=3)
+
+    def padded_probability() -> float:
+        with torch.no_grad():
+            return torch.softmax(model(idx)[0], dim=-1)[..., VOCAB:].sum(-1).mean().item()
+
+    before = padded_probability()
+    for _ in range(30):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert before > 0.4  # 61 of 128 nearly uniform logits at init
+    assert padded_probability() < before / 10

@@ -28,11 +28,12 @@ def test_gpt2_124m_builds_with_124m_parameters_and_runs_forward():
     model_config, _ = resolve_config("gpt2-124m")
     torch.manual_seed(0)
     model = GPT(replace(model_config, vocab_size=50257))
+    assert model.token_embedding.weight.shape == (50304, 768)  # padded to a multiple of 64, as nanoGPT
     assert model.num_params() == pytest.approx(124.4e6, rel=0.01)  # GPT-2 small's count, embeddings tied
     idx, targets = torch.randint(50257, (2, 1, 8))
     with torch.no_grad():
         logits, loss = model(idx, targets)
-    assert logits.shape == (1, 8, 50257) and 10.0 < loss.item() < 11.5  # ~ln(50257) = 10.8 at init
+    assert logits.shape == (1, 8, 50304) and 10.0 < loss.item() < 11.5  # ~ln(50304) = 10.8 at init
     # nanoGPT's estimate: 6N + 12 L C T FLOPs per token; about 0.85 GFLOP for GPT-2 small at T = 1024
     assert model.flops_per_token() == pytest.approx(6 * model.num_params(False) + 12 * 12 * 768 * 1024)
 
