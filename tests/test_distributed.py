@@ -41,21 +41,31 @@ def tiny_args(data, out, **train) -> list[str]:
     return ["--config", str(path)]
 
 
-def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node N -m gptkit ARGS`, killed as a whole after LAUNCH_TIMEOUT."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "gptkit", *args]
-    proc = subprocess.Popen(
+def launch(launcher: list[str], args: list[str]) -> subprocess.Popen:
+    """`torchrun LAUNCHER -m gptkit ARGS` in its own process group."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "gptkit", *args]
+    return subprocess.Popen(
         cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )
+
+
+def finish(procs: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
+    """Wait for torchrun launches, all killed (with the ranks they started) after LAUNCH_TIMEOUT."""
     try:
-        stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT)
+        outputs = [proc.communicate(timeout=LAUNCH_TIMEOUT) for proc in procs]
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the ranks it started
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT} s:\n{stderr[-3000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stderr[-4000:]}"
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT} s:\n{procs[-1].communicate()[1][-3000:]}")
+    for proc, (_, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stderr[-4000:]}"
+    return [subprocess.CompletedProcess(proc.args, proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m gptkit ARGS`."""
+    return finish([launch(["--standalone", f"--nproc-per-node={nproc}"], args)])[0]
 
 
 def assert_same_weights(a, b, atol=2e-5):
@@ -168,3 +178,27 @@ def test_gradient_accumulation_all_reduces_once_per_step():
     assert results[0] == results[1] >= 1
     buckets = results[0]
     assert buckets < 3  # a tiny model fits one or two 25 MB buckets: 3 micro-batches did not triple it
+
+
+@pytest.mark.parametrize("rendezvous", ["node-rank", "c10d"])
+def test_two_machines_train_like_one_process(tmp_path, tiny_data, rendezvous):
+    """docs/distributed.md's multi-node commands, with two "machines" on this one: each launch is one
+    node of one process, they meet at 127.0.0.1, and --out is shared as it would be on NFS."""
+    steps = dict(max_iters=4, eval_interval=4, grad_accum=1, warmup_iters=2)
+    single = tmp_path / "single"
+    train(*tiny_configs(tiny_data, single, batch_size=8, **steps))
+    both = tmp_path / "both"
+    args = ["train", *tiny_args(tiny_data, both, batch_size=4, **steps)]
+    port = _free_port()
+    if rendezvous == "node-rank":  # the machines numbered by hand, rank 0's address given
+        nodes = [["--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}", "--master-addr=127.0.0.1",
+                  f"--master-port={port}"] for rank in (0, 1)]
+    else:  # torchrun's rendezvous numbers them: the same command on both
+        nodes = [["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                  "--rdzv-id=gptkit-test"]] * 2
+    runs = finish([launch(node, args) for node in nodes])
+
+    assert_same_weights(single / "ckpt.safetensors", both / "ckpt.safetensors")
+    # exactly one process in the job printed the checkpoint and the run's log
+    assert sorted(run.stdout.strip() for run in runs) == ["", str(both / "ckpt.safetensors")]
+    assert sum(run.stderr.count("global batch = 4 x grad_accum 1 x 2 = 8 sequences") for run in runs) == 1
