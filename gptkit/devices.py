@@ -68,7 +68,10 @@ def resolve_runtime(device_name: str = "auto", dtype_name: str = "auto") -> Runt
     device = resolve_device(device_name)
     if dtype_name == "auto":
         if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Not torch.cuda.is_bf16_supported(): it says yes on pre-Ampere GPUs (T4, V100) that only
+            # emulate bf16, slowly. Native bf16 is compute capability 8.0+ (ROCm GPUs have it too).
+            native_bf16 = bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
+            dtype = torch.bfloat16 if native_bf16 else torch.float16
         else:
             dtype = torch.float32
     elif dtype_name in DTYPES:

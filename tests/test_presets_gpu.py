@@ -1,11 +1,12 @@
 """The GPU-side settings, tested as far as a CPU-only machine allows: presets resolve, the GPT-2
-model builds and runs, torch.compile's `auto`, the MFU peak table (devices.GPU_PEAK_FLOPS)."""
+model builds and runs, torch.compile's `auto`, the MFU peak table (devices.GPU_PEAK_FLOPS), and
+`--dtype auto` on old and new GPUs."""
 
 import pytest
 import torch
 
 from gptkit.config import PRESETS, resolve_config, to_toml
-from gptkit.devices import Runtime, compile_enabled, peak_flops
+from gptkit.devices import Runtime, compile_enabled, peak_flops, resolve_runtime
 from gptkit.model import GPT
 
 
@@ -81,3 +82,22 @@ def test_no_peak_and_no_mfu_on_the_cpu(tmp_path, tiny_data):
     assert peak_flops(Runtime(torch.device("cpu"), torch.bfloat16)) is None
     train(*tiny_configs(tiny_data, tmp_path / "run", max_iters=4, eval_interval=4))
     assert all("mfu" not in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
+def test_dtype_auto_is_float16_on_gpus_that_only_emulate_bf16(monkeypatch, capability, expected):
+    """A T4 (7.5) or V100 (7.0) gets float16 with the grad scaler: torch.cuda.is_bf16_supported() says
+    yes there too (bf16 by emulation, many times slower), so it must not decide. A CPU-only torch
+    pretends to have one GPU of the given compute capability."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):  # resolve_runtime turns TF32 on
+        monkeypatch.setattr(backend, "allow_tf32", backend.allow_tf32)
+    runtime = resolve_runtime("cuda", "auto")
+    assert runtime.dtype == expected and runtime.needs_grad_scaler == (expected == torch.float16)
