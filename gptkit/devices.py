@@ -87,10 +87,11 @@ def resolve_runtime(device_name: str = "auto", dtype_name: str = "auto") -> Runt
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets, for MFU (model FLOPs
 # utilisation: the share of the chip's peak that the model's own arithmetic uses). First match wins,
-# so "H100 PCIe" precedes "H100" and "A100" precedes "A10".
+# so "H100 PCIe" precedes "H100", "A100" precedes "A10" and "L40S", "L40" precede "L4".
 GPU_PEAK_FLOPS = (
     ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-    ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+    ("L40", 181e12), ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12),
+    ("T4", 65e12),
 )
 
 

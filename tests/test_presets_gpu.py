@@ -65,6 +65,7 @@ def test_compile_still_takes_a_boolean(flag, stored, tmp_path):
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA GeForce RTX 4090", 165.0),
         ("NVIDIA L40S", 362.0),
+        ("NVIDIA L40", 181.0),  # not L4's 121: the name contains "L4"
         ("NVIDIA L4", 121.0),
         ("Some Future GPU", None),
     ],
