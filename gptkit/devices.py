@@ -9,6 +9,7 @@ the matmuls in the lower precision.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 
@@ -120,7 +121,16 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 def compile_enabled(setting: str, device: torch.device) -> bool:
     """`compile = auto` turns torch.compile on for CUDA only: there it fuses the many small
     element-wise kernels of a step into few; on a CPU, at gptkit's model sizes, the step is bound by
-    per-op overhead that compilation did not reliably remove, and the compile time itself is long."""
+    per-op overhead that compilation did not reliably remove, and the compile time itself is long.
+    Only on GPUs its Triton kernels run on, though: elsewhere auto would fail at the first step."""
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and triton_runs_on(device)
     return setting == "true"
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """torch.compile's GPU kernels are Triton's: its package must be there (torch's Linux wheels bring
+    it, its Windows wheels have not) and the GPU of compute capability 7.0+ (not a P100 or GTX 10xx)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (7, 0)
