@@ -9,6 +9,7 @@ the matmuls in the lower precision.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 
@@ -68,7 +69,10 @@ def resolve_runtime(device_name: str = "auto", dtype_name: str = "auto") -> Runt
     device = resolve_device(device_name)
     if dtype_name == "auto":
         if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Not torch.cuda.is_bf16_supported(): it says yes on pre-Ampere GPUs (T4, V100) that only
+            # emulate bf16, slowly. Native bf16 is compute capability 8.0+ (ROCm GPUs have it too).
+            native_bf16 = bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
+            dtype = torch.bfloat16 if native_bf16 else torch.float16
         else:
             dtype = torch.float32
     elif dtype_name in DTYPES:
@@ -84,10 +88,11 @@ def resolve_runtime(device_name: str = "auto", dtype_name: str = "auto") -> Runt
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets, for MFU (model FLOPs
 # utilisation: the share of the chip's peak that the model's own arithmetic uses). First match wins,
-# so "H100 PCIe" precedes "H100" and "A100" precedes "A10".
+# so "H100 PCIe" precedes "H100", "A100" precedes "A10" and "L40S", "L40" precede "L4".
 GPU_PEAK_FLOPS = (
     ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-    ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+    ("L40", 181e12), ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12),
+    ("T4", 65e12),
 )
 
 
@@ -116,7 +121,16 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 def compile_enabled(setting: str, device: torch.device) -> bool:
     """`compile = auto` turns torch.compile on for CUDA only: there it fuses the many small
     element-wise kernels of a step into few; on a CPU, at gptkit's model sizes, the step is bound by
-    per-op overhead that compilation did not reliably remove, and the compile time itself is long."""
+    per-op overhead that compilation did not reliably remove, and the compile time itself is long.
+    Only on GPUs its Triton kernels run on, though: elsewhere auto would fail at the first step."""
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and triton_runs_on(device)
     return setting == "true"
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """torch.compile's GPU kernels are Triton's: its package must be there (torch's Linux wheels bring
+    it, its Windows wheels have not) and the GPU of compute capability 7.0+ (not a P100 or GTX 10xx)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (7, 0)

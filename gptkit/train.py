@@ -159,7 +159,8 @@ def restore_rng_states(tensors: dict[str, torch.Tensor], states: dict, batch_gen
     torch.set_rng_state(tensors["torch"])
     if batch_generator is not None:
         batch_generator.set_state(tensors["batches"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    # In device order: sorted() by name would put cuda10 before cuda2 on machines with 11+ GPUs.
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda")), key=lambda k: int(k[4:]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     if "python" in states:

@@ -1,11 +1,12 @@
 """The GPU-side settings, tested as far as a CPU-only machine allows: presets resolve, the GPT-2
-model builds and runs, torch.compile's `auto`, the MFU peak table (devices.GPU_PEAK_FLOPS)."""
+model builds and runs, torch.compile's `auto`, the MFU peak table (devices.GPU_PEAK_FLOPS), and
+`--dtype auto` on old and new GPUs."""
 
 import pytest
 import torch
 
 from gptkit.config import PRESETS, resolve_config, to_toml
-from gptkit.devices import Runtime, compile_enabled, peak_flops
+from gptkit.devices import Runtime, compile_enabled, peak_flops, resolve_runtime
 from gptkit.model import GPT
 
 
@@ -42,8 +43,39 @@ def test_gpt2_124m_builds_with_124m_parameters_and_runs_forward():
     "setting, device, expected",
     [("auto", "cuda", True), ("auto", "cpu", False), ("auto", "mps", False), ("true", "cpu", True), ("false", "cuda", False)],
 )
-def test_compile_auto_means_cuda_only(setting, device, expected):
+def test_compile_auto_means_cuda_only(setting, device, expected, monkeypatch):
+    pretend_gpu(monkeypatch, capability=(8, 0), triton=True)
     assert compile_enabled(setting, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize(
+    "capability, triton, expected",
+    [((7, 0), True, True), ((9, 0), True, True), ((6, 0), True, False), ((8, 9), False, False)],
+)
+def test_compile_auto_is_off_where_triton_cannot_run(monkeypatch, capability, triton, expected):
+    """A P100 (6.0) is too old for Triton, and torch's Windows wheels come without it: there `auto`
+    trains uncompiled instead of failing at the first step. `true` still asks for it."""
+    pretend_gpu(monkeypatch, capability, triton)
+    assert compile_enabled("auto", torch.device("cuda")) is expected
+    assert compile_enabled("true", torch.device("cuda")) is True
+
+
+def pretend_gpu(monkeypatch, capability: tuple[int, int], triton: bool) -> None:
+    """A CPU-only torch pretends to have one CUDA GPU of this compute capability, with or without triton."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "triton":
+            return object() if triton else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
 @pytest.mark.parametrize("flag, stored", [(True, "true"), (False, "false")])
@@ -64,6 +96,7 @@ def test_compile_still_takes_a_boolean(flag, stored, tmp_path):
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA GeForce RTX 4090", 165.0),
         ("NVIDIA L40S", 362.0),
+        ("NVIDIA L40", 181.0),  # not L4's 121: the name contains "L4"
         ("NVIDIA L4", 121.0),
         ("Some Future GPU", None),
     ],
@@ -81,3 +114,19 @@ def test_no_peak_and_no_mfu_on_the_cpu(tmp_path, tiny_data):
     assert peak_flops(Runtime(torch.device("cpu"), torch.bfloat16)) is None
     train(*tiny_configs(tiny_data, tmp_path / "run", max_iters=4, eval_interval=4))
     assert all("mfu" not in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
+def test_dtype_auto_is_float16_on_gpus_that_only_emulate_bf16(monkeypatch, capability, expected):
+    """A T4 (7.5) or V100 (7.0) gets float16 with the grad scaler: torch.cuda.is_bf16_supported() says
+    yes there too (bf16 by emulation, many times slower), so it must not decide. A CPU-only torch
+    pretends to have one GPU of the given compute capability."""
+    pretend_gpu(monkeypatch, capability, triton=True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):  # resolve_runtime turns TF32 on
+        monkeypatch.setattr(backend, "allow_tf32", backend.allow_tf32)
+    runtime = resolve_runtime("cuda", "auto")
+    assert runtime.dtype == expected and runtime.needs_grad_scaler == (expected == torch.float16)

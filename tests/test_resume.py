@@ -134,6 +134,19 @@ def test_rng_states_round_trip():
     assert draws() == first
 
 
+def test_cuda_rng_states_are_restored_in_device_order(monkeypatch):
+    """On a machine with 11+ GPUs the saved states cuda0..cuda11 go back to devices 0..11, not in name
+    order (cuda10 before cuda2). A CPU-only torch pretends to have 12 GPUs."""
+    tensors, states = capture_rng_states()
+    tensors.update({f"cuda{i}": torch.full((16,), i, dtype=torch.uint8) for i in range(12)})
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 12)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new_states: restored.extend(new_states))
+    restore_rng_states(tensors, states)
+    assert [int(state[0]) for state in restored] == list(range(12))
+
+
 def test_keeps_the_last_checkpoints_and_the_best(tiny_data, tiny_toml, tmp_path):
     out = tmp_path / "run"
     train(*tiny_configs(tiny_toml, tiny_data, out, keep_checkpoints=2))
