@@ -7,8 +7,9 @@ result in --out (results.json, the commands' logs) and prints a markdown table t
 docs/performance.md. In order:
 
   1. the pipeline through the real CLI on the device: prepare tiny Shakespeare (char), train the
-     `shakespeare-char` preset for --pipeline-steps steps, resume it for a few more, evaluate, sample.
-     Each command must exit 0, and the resumed run must have continued from the saved step;
+     `shakespeare-char` preset for --pipeline-steps steps, resume it for a few more, evaluate, sample,
+     and a short run in float16 (the gradient scaler's path). Each command must exit 0, and the resumed
+     run must have continued from the saved step;
   2. benchmarks/train.py for each speed configuration (--configs): ms/iter, tokens/s and MFU.
 
 Any device works (`--device cpu` with tiny settings is how the test suite runs this script), but the
@@ -65,7 +66,13 @@ def pipeline(out: Path, device: str, steps: int, extra: list[str]) -> dict:
     evaluation = json.loads(gptkit(["eval", "--ckpt", resumed["checkpoint"], "--device", device, "--json"], log))
     text = gptkit(["sample", "--ckpt", resumed["checkpoint"], "--device", device, "--max-new-tokens", "200",
                    "--seed", "1337"], log, stdin="ROMEO:")
-    return {"data": data, "first": first, "resumed": resumed, "eval": evaluation, "sample": text,
+    # The other precision path, briefly: float16 autocast with the gradient scaler (pre-Ampere GPUs').
+    # (DDP and FSDP need two GPUs: NCCL refuses two ranks on one, and a single rank skips them.)
+    short = max(2, steps // 4)
+    fp16 = json.loads(gptkit(["train", "--data", data, "--out", str(out / "run-fp16"), "--preset", "shakespeare-char",
+                              "--device", device, *extra, "--dtype", "float16", "--max-iters", str(short),
+                              "--eval-interval", str(short), "--overwrite", "--json"], log))
+    return {"data": data, "first": first, "resumed": resumed, "eval": evaluation, "sample": text, "float16": fp16,
             "seconds": time.perf_counter() - started}
 
 

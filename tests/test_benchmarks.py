@@ -40,6 +40,7 @@ def test_gpu_check_runs_the_pipeline_and_a_speed_configuration(shakespeare_file,
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["pipeline"]["resumed"]["step"] == 10
     assert results["pipeline"]["sample"].startswith("ROMEO:")
+    assert results["pipeline"]["float16"]["step"] == 2
     [speed] = results["speed"]
     assert speed["name"] == "shakespeare-char" and speed["tokens_per_sec"] > 0
     assert "| shakespeare-char | cpu, float32 |" in done.stdout
