@@ -416,4 +416,9 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[bold red]Error:[/] unexpected {type(e).__name__}: {e}", highlight=False, soft_wrap=True)
         err.print("[dim]Hint:[/] run again with GPTKIT_DEBUG=1 for the traceback, and please report it", highlight=False)
         code = 1
+    # A torchrun worker on gloo exits without the interpreter's shutdown, which can abort it (see
+    # distributed.exit_process). Only commands that train import gptkit.distributed (and torch).
+    distributed = sys.modules.get("gptkit.distributed")
+    if distributed is not None and distributed.needs_hard_exit():
+        distributed.exit_process(code)
     sys.exit(code)

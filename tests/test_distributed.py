@@ -9,7 +9,6 @@ Every launch runs under a timeout in its own process group, killed whole if it h
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import socket
@@ -138,9 +137,12 @@ def _count_allreduces(rank: int, world_size: int, port: int, grad_accum: int, re
     from gptkit.model import GPT, ModelConfig
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    # what torchrun would set, so distributed.setup() joins the group as it does under torchrun
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    assert not distributed.needs_hard_exit()
+    ctx, _ = distributed.setup(torch.device("cpu"))
+    assert distributed.needs_hard_exit()  # a gloo group: the process must end with exit_process
     try:
-        ctx = distributed.Distributed(rank, rank, world_size)
         model = GPT(ModelConfig(vocab_size=20, **TINY_MODEL))
         wrapped = distributed.wrap_model(model, ctx, "ddp", torch.float32)
         calls = []
@@ -159,7 +161,8 @@ def _count_allreduces(rank: int, world_size: int, port: int, grad_accum: int, re
                 assert len(calls) == 0  # no communication before the last micro-batch
         results[rank] = len(calls)
     finally:
-        dist.destroy_process_group()
+        ctx.close()
+    distributed.exit_process(0)  # DDP keeps the gloo group alive, so a normal exit could abort (SIGABRT)
 
 
 def test_gradient_accumulation_all_reduces_once_per_step():
@@ -178,6 +181,30 @@ def test_gradient_accumulation_all_reduces_once_per_step():
     assert results[0] == results[1] >= 1
     buckets = results[0]
     assert buckets < 3  # a tiny model fits one or two 25 MB buckets: 3 micro-batches did not triple it
+
+
+def test_exit_process_flushes_what_is_buffered_and_keeps_the_exit_code():
+    """exit_process skips the interpreter's shutdown (os._exit), which would otherwise flush stdout:
+    a pipe's stdout is block-buffered, so the data line is lost unless exit_process flushes it."""
+    script = "import sys; from gptkit import distributed; print('data'); print('log', file=sys.stderr); distributed.exit_process(3)"
+    proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "data\n", "log\n")
+
+
+@pytest.mark.parametrize("gloo", [True, False])
+def test_the_cli_ends_a_gloo_process_with_exit_process(run_cli, monkeypatch, tiny_data, gloo):
+    from gptkit import distributed
+
+    exits = []
+
+    def fake_exit_process(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(distributed, "exit_process", fake_exit_process)
+    monkeypatch.setattr(distributed, "_gloo_threads_started", gloo)
+    assert run_cli("eval", "--ckpt", tiny_data / "missing.safetensors").code == 1
+    assert exits == ([1] if gloo else [])
 
 
 @pytest.mark.parametrize("rendezvous", ["node-rank", "c10d"])
