@@ -116,13 +116,17 @@ class Preset:
     train: dict
 
 
+# nanoGPT's CPU-example size on gptkit's modern block; the two CPU presets train the same model.
+_CPU_MODEL = dict(
+    block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False, position="rope", norm="layernorm", mlp="swiglu"
+)
+
 PRESETS: dict[str, Preset] = {
     "shakespeare-char-cpu": Preset(
         "nanoGPT's CPU example (4 layers, 4 heads, 128 wide, context 64, batch 12, 2000 iterations, lr 1e-3) on "
         "gptkit's modern block (rotary positions, SwiGLU): 0.8M parameters, val loss ~1.65 where nanoGPT's "
         "GPT-2 block reaches ~1.89; add --position learned --mlp gelu for that block",
-        model=dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False,
-                   position="rope", norm="layernorm", mlp="swiglu"),
+        model=_CPU_MODEL,
         train=dict(
             max_iters=2000, lr_decay_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
             warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=20, log_interval=10,
@@ -132,8 +136,7 @@ PRESETS: dict[str, Preset] = {
         "CPU speedrun: shakespeare-char-cpu's model trained by Muon (AdamW at 6x the learning rate for "
         "embeddings and gains) for 500 iterations, evaluated once at the end: below nanoGPT's 2000-iteration "
         "val loss in a quarter of the iterations (docs/performance.md)",
-        model=dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False,
-                   position="rope", norm="layernorm", mlp="swiglu"),
+        model=_CPU_MODEL,
         train=dict(
             optimizer="muon", max_iters=500, lr_decay_iters=500, batch_size=12, learning_rate=6e-3, min_lr=6e-4,
             warmup_iters=50, beta2=0.99, eval_interval=500, eval_iters=20, log_interval=50,
