@@ -39,61 +39,11 @@ values of the new positions to the cache instead of recomputing the whole prefix
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-COMPONENT_CHOICES = {
-    "position": ("learned", "rope"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "relu2", "swiglu"),
-}
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to build the network. Saved in every checkpoint's metadata."""
-
-    vocab_size: int = 50257  # set from the data's tokenizer by `train`
-    vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64: faster matmuls on GPUs)
-    block_size: int = 1024  # context length: the longest sequence the model sees
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # GPT-2 has biases in Linear and LayerNorm; False is a little faster and as good
-    position: str = "learned"  # learned | rope
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu2 | swiglu
-    tie_embeddings: bool = True  # output layer = token embedding matrix (transposed)
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the token embedding and width of the logits: vocab_size rounded up to vocab_multiple."""
-        return self.vocab_multiple * math.ceil(self.vocab_size / self.vocab_multiple)
-
-    def validate(self) -> list[str]:
-        """Return every problem with this config, as sentences (empty when valid)."""
-        problems = []
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
-            if getattr(self, name) < 1:
-                problems.append(f"model.{name} must be at least 1 (got {getattr(self, name)})")
-        if self.n_head >= 1 and self.n_embd % self.n_head != 0:
-            problems.append(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"model.dropout must be in [0, 1) (got {self.dropout})")
-        for name, choices in COMPONENT_CHOICES.items():
-            if getattr(self, name) not in choices:
-                problems.append(f"model.{name} must be one of {', '.join(choices)} (got {getattr(self, name)!r})")
-        if self.position == "rope" and self.n_head >= 1 and (self.n_embd // self.n_head) % 2:
-            problems.append("model.position = rope needs an even head size (n_embd / n_head)")
-        return problems
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from gptkit.config import COMPONENT_CHOICES, ModelConfig  # the config lives in a torch-free module (fast --help)
 
 
 class KVCache:
