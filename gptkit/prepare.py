@@ -171,7 +171,7 @@ def _staging(out: Path) -> Iterator[Path]:
 def _split_info(writer: ShardWriter, num_bytes: int, log: Callable[[str], None]) -> dict:
     names = writer.close()
     log(f"{writer.split}: {writer.total:,} tokens from {num_bytes:,} bytes in {len(names)} shard(s)")
-    return {"tokens": writer.total, "bytes": num_bytes, "shards": names}
+    return {"tokens": writer.total, "bytes": num_bytes, "shards": names, "checksums": writer.checksums}
 
 
 def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source: dict) -> dict:

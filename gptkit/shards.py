@@ -22,6 +22,7 @@ memory-map the tokens: a shard is never loaded whole into RAM.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -80,7 +81,9 @@ class ShardWriter:
     def __init__(self, folder: str | Path, split: str, dtype: np.dtype, shard_tokens: int):
         self.folder, self.split, self.dtype, self.shard_tokens = Path(folder), split, np.dtype(dtype), shard_tokens
         self.names: list[str] = []
+        self.checksums: dict[str, str] = {}  # shard name -> sha256 of its tokens (meta.json; `prepare verify`)
         self.total = 0
+        self._hash = None
         self._file = None
         self._count = 0  # tokens in the open shard
 
@@ -90,11 +93,13 @@ class ShardWriter:
             while len(tokens):
                 if self._file is None:
                     self._open_next()
-                part = tokens[: self.shard_tokens - self._count]
-                self._file.write(part.tobytes())
-                self._count += len(part)
-                self.total += len(part)
-                tokens = tokens[len(part) :]
+                part = tokens[: self.shard_tokens - self._count].tobytes()
+                self._file.write(part)
+                self._hash.update(part)
+                taken = len(part) // self.dtype.itemsize
+                self._count += taken
+                self.total += taken
+                tokens = tokens[taken:]
                 if self._count == self.shard_tokens:
                     self._finish_shard()
 
@@ -121,6 +126,7 @@ class ShardWriter:
         self._file = open(self.folder / self.names[-1], "wb")
         self._file.write(_shard_header(self.dtype, 0))  # the count is filled in by _finish_shard
         self._count = 0
+        self._hash = hashlib.sha256()  # of the tokens only: the header is rewritten at the end
 
     def _finish_shard(self) -> None:
         self._file.seek(0)
@@ -129,6 +135,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
+        self.checksums[self.names[-1]] = self._hash.hexdigest()
 
     def close(self) -> list[str]:
         """Finish the last shard (a split with no tokens still gets one, empty) and return the names."""
@@ -165,6 +172,58 @@ def read_shard(path: str | Path) -> np.ndarray:
             hint="the file was truncated or overwritten; run `gptkit prepare` again",
         )
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def out_of_vocabulary(path: str | Path, position: int, value: int, vocab_size: int) -> GptkitError:
+    """The error for a token id the vocabulary does not have: the shard is damaged, or is another tokenizer's."""
+    folder = Path(path).parent
+    return GptkitError(
+        f"{path} is damaged: token {position:,} of the shard is {value}, outside the vocabulary of {vocab_size:,} ids "
+        "(the file was overwritten, or made with another tokenizer)",
+        hint=f"check the folder with `gptkit prepare verify {folder}`, then rebuild it with `gptkit prepare` "
+        f"(--out {folder}) and the tokenizer the model uses",
+    )
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, path: str | Path, first: int = 0) -> None:
+    """Raise out_of_vocabulary for the first id >= vocab_size in `tokens` (positions counted from `first`)."""
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        where = int(np.argmax(tokens >= vocab_size))
+        raise out_of_vocabulary(path, first + where, int(tokens[where]), vocab_size)
+
+
+def verify_data_folder(data_dir: str | Path, chunk_tokens: int = 1 << 22) -> dict:
+    """Check a data folder in one streaming pass: meta.json, every shard's header and size, the sha256 of
+    its tokens against meta.json's (folders prepared before checksums existed have none), and that every
+    id is inside the vocabulary. Raises one GptkitError naming every damaged shard; returns a summary."""
+    data_dir = Path(data_dir)
+    meta = read_meta(data_dir)
+    vocab_size, damaged, shards, tokens, checked = int(meta["vocab_size"]), [], 0, 0, 0
+    for split, info in meta["splits"].items():
+        checksums = info.get("checksums", {})
+        for name in info["shards"]:
+            path = data_dir / name
+            try:
+                shard = read_shard(path)
+                digest = hashlib.sha256()
+                for start in range(0, len(shard), chunk_tokens):
+                    piece = np.asarray(shard[start : start + chunk_tokens])
+                    check_ids(piece, vocab_size, path, start)
+                    digest.update(piece.tobytes())
+                if name in checksums:
+                    checked += 1
+                    if digest.hexdigest() != checksums[name]:
+                        raise GptkitError(f"{path} is damaged: its tokens do not match the checksum in meta.json")
+            except GptkitError as e:
+                damaged.append(e.message)
+                continue
+            shards, tokens = shards + 1, tokens + len(shard)
+    if damaged:
+        raise GptkitError(
+            f"{data_dir}: {len(damaged)} damaged shard(s): " + "; ".join(damaged),
+            hint=f"rebuild the folder with `gptkit prepare ... --out {data_dir}`",
+        )
+    return {"data": str(data_dir), "shards": shards, "tokens": tokens, "checksums_verified": checked, "vocab_size": vocab_size}
 
 
 # ---------------------------------------------------------------------------------------------------
