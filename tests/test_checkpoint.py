@@ -17,6 +17,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, ModelConfig
+from gptkit.run_folder import load_run_checkpoint
 from gptkit.tokenizers import CharTokenizer
 
 SPEC = {"kind": "char", "chars": "\n !abcdefghijklmnopqrstuvwxyz"}
@@ -126,7 +127,7 @@ def test_corrupted_weights_fail_the_checksum(saved):
     raw[data_start + 100] ^= 0x01  # flip one bit of one weight
     path.write_bytes(bytes(raw))
     with pytest.raises(GptkitError) as info:
-        load_checkpoint(path)
+        load_run_checkpoint(path)
     assert info.value.message == f"{path} is corrupted: its weights do not match the checksum stored with them"
     assert info.value.hint == f"the last good checkpoint is {best} (step 40); use it instead, or train again"
 
@@ -138,7 +139,7 @@ def test_truncated_file(saved, keep):
     raw = path.read_bytes()
     path.write_bytes(raw[: max(int(len(raw) * keep), 4)])
     with pytest.raises(GptkitError) as info:
-        load_checkpoint(path)
+        load_run_checkpoint(path)
     assert info.value.message.startswith(f"{path} is not a readable safetensors file (truncated or damaged: ")
     assert info.value.hint == f"the last good checkpoint is {best} (step 40); use it instead, or train again"
 
