@@ -21,7 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gptkit.checkpoint import Checkpoint
+from gptkit.checkpoint_format import MODEL
 from gptkit.devices import Runtime, resolve_runtime
+from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.run_folder import load_run_checkpoint
 
@@ -44,6 +46,11 @@ def load_model(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> L
     """Load and verify the checkpoint `ckpt` (a damaged file's error names the run's last good one),
     build its model on `device` and choose the precision to run it in (see the module docstring)."""
     checkpoint = load_run_checkpoint(ckpt)
+    if checkpoint.kind != MODEL:
+        raise GptkitError(
+            f"{ckpt} is an {checkpoint.kind}, not a full model: it belongs to the base model {checkpoint.base_checksum}",
+            hint="load the base model's checkpoint, then apply the adapter to it",
+        )
     runtime = resolve_runtime(device, dtype)
     model = checkpoint.build_model(runtime.device).eval()
     # The model now holds the weights; keeping the loaded copy too would double the memory.

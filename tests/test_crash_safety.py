@@ -144,7 +144,7 @@ def test_every_damaged_checkpoint_means_no_good_one(finished_run):
     for point in saved_steps(finished_run):
         flip_a_byte(point.checkpoint)
     with pytest.raises(GptkitError) as error:
-        load_checkpoint(finished_run / "best.safetensors")
+        load_run_checkpoint(finished_run / "best.safetensors")
     assert "no other good checkpoint" in error.value.hint
 
 
