@@ -67,8 +67,8 @@ def generate(
         generator.seed()  # a fresh random seed
     tokens = list(prompt_ids)
     cache = None
-    # A fresh autocast context around each forward pass, never across a `yield`: autocast is a
-    # thread-wide setting, and the caller's code between two tokens must not run under it.
+    # Autocast is entered around each forward pass, never held across a `yield`: it is a thread-wide
+    # setting, and the caller's code between two tokens must not run under it.
     autocast = Runtime(device, precision).autocast
     for _ in range(max_new_tokens):
         if cache is None or cache.length >= block_size:
