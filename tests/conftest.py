@@ -107,13 +107,14 @@ def _tf32_knobs() -> list[tuple[object, str]]:
 
 
 @pytest.fixture(autouse=True)
-def _torch_globals_restored():
+def _global_torch_state_restored():
     """No faked device and no global torch setting outlives its test, whatever its teardown does.
 
     monkeypatch undoes in reverse order and stops at the first undo that raises (pytest 9 cannot undo
     a patch of torch.backends.cuda.matmul.allow_tf32, a computed attribute), leaving every earlier
     patch, e.g. a faked torch.cuda.is_available, in place for the rest of the session. This fixture is
-    set up before monkeypatch, so it is torn down after it, and puts everything back by value."""
+    set up before monkeypatch (pytest orders autouse fixtures by name, and this name sorts first), so it
+    is torn down after it, and puts everything back by value."""
     saved_modules = [
         (module, {name: value for name, value in vars(module).items() if not name.startswith("_")})
         for module in _FAKEABLE_MODULES

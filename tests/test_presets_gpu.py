@@ -126,7 +126,7 @@ def test_dtype_auto_is_float16_on_gpus_that_only_emulate_bf16(monkeypatch, capab
     pretends to have one GPU of the given compute capability."""
     pretend_gpu(monkeypatch, capability, triton=True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    # resolve_runtime turns TF32 on; conftest's _torch_globals_restored turns it back after the test
+    # resolve_runtime turns TF32 on; conftest's _global_torch_state_restored turns it back after the test
     runtime = resolve_runtime("cuda", "auto")
     assert runtime.dtype == expected and runtime.needs_grad_scaler == (expected == torch.float16)
 

@@ -1,4 +1,5 @@
-"""conftest's _torch_globals_restored: what one test fakes or switches in torch, the next does not see.
+"""conftest's _global_torch_state_restored: what one test fakes or switches in torch, the next test
+does not see.
 
 The two tests run in file order: the first changes torch behind monkeypatch's back (as a failed
 monkeypatch undo leaves it), the second checks that all of it was put back."""
@@ -42,3 +43,9 @@ def test_2_the_next_test_sees_the_real_torch_again():
     assert tf32_state() == BEFORE["tf32"]
     assert torch.get_default_dtype() == BEFORE["dtype"] == torch.float32
     assert torch.get_num_threads() == BEFORE["threads"] == 1
+
+
+def test_3_the_restore_is_torn_down_after_monkeypatch(request, monkeypatch):
+    """Set up first, torn down last: it also repairs what a failed monkeypatch undo leaves behind."""
+    order = request.fixturenames
+    assert order.index("_global_torch_state_restored") < order.index("monkeypatch")
