@@ -148,3 +148,17 @@ def test_a_cuda_runtime_turns_tf32_on_and_a_cpu_one_leaves_it(monkeypatch):
     pretend_gpu(monkeypatch, (8, 0), triton=True)
     resolve_runtime("cuda", "auto")
     assert tf32_enabled()
+
+
+def test_tf32_falls_back_to_the_legacy_flags_on_a_torch_without_fp32_precision(monkeypatch):
+    """torch < 2.9 has only `allow_tf32` (on cuBLAS and on cuDNN); stand-ins without `fp32_precision`
+    play that torch."""
+    from types import SimpleNamespace
+
+    from gptkit.devices import allow_tf32
+
+    legacy_matmul, legacy_cudnn = SimpleNamespace(allow_tf32=False), SimpleNamespace(allow_tf32=False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", legacy_matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", legacy_cudnn)
+    allow_tf32()
+    assert legacy_matmul.allow_tf32 is True and legacy_cudnn.allow_tf32 is True
