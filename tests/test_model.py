@@ -255,7 +255,7 @@ def test_rotary_scores_depend_only_on_the_distance_between_positions():
     from gptkit.model import Rotary
 
     torch.manual_seed(0)
-    rotary = Rotary(head_size=8, block_size=32)
+    rotary = Rotary(ModelConfig(n_embd=8, n_head=1, block_size=32))
     q, k = torch.randn(8), torch.randn(8)
 
     def at(vec, pos):  # place `vec` at position `pos` of a (1, T, 1, D) tensor and rotate it
