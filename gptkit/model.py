@@ -25,12 +25,18 @@ Four details that matter in practice:
     ids are never targets, so training pushes their logits down; sampling drops them (`GPT.unpadded`).
 
 Each component can be swapped from the config, so a student can change one thing and measure it
-(the GPT-2 choice is the default; presets pick others):
+(the GPT-2 choice is the default; presets pick others). Each kind has one table, COMPONENTS[kind]
+(name -> class, every class built as cls(config)); a new choice is one class and one table row,
+plus its name in config.COMPONENT_CHOICES:
 
-    position        learned  | rope    rotary embeddings (Su et al., RoFormer 2021): relative positions
+    position        learned  | rope    rotary embeddings (Su et al., RoFormer 2021): relative positions,
+                                       adjacent channel pairs turned by real cos/sin tables
     norm            layernorm| rmsnorm scale-only normalisation (Zhang & Sennrich 2019): cheaper
     mlp             gelu     | relu2 | swiglu   (So et al., Primer 2021; Shazeer, GLU variants 2020)
     tie_embeddings  True     | False   separate output matrix
+
+The loss skips targets equal to IGNORE_INDEX (-100: prompt tokens, padding) and can be summed
+(`reduction="sum"`) so a training loop weighs every valid token of an optimizer step alike.
 
 `generate.py` drives this model with a KV cache: `forward(idx, cache=...)` appends the keys and
 values of the new positions to the cache instead of recomputing the whole prefix.
