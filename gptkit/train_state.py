@@ -25,6 +25,7 @@ import torch
 from gptkit import distributed
 from gptkit.checkpoint import Checkpoint
 from gptkit.loss_guard import LossGuard
+from gptkit.run_folder import save_training_state
 
 
 def capture_rng_states() -> tuple[dict[str, torch.Tensor], dict]:
@@ -153,8 +154,6 @@ def write_to_run_folder(
     train_config: dict, keep: int, is_best: bool,
 ) -> None:
     """Save a state_dict() as its step in the run folder (rank 0 only)."""
-    from gptkit.run_folder import save_training_state
-
     weights, optimizer_state, step, rng, extra = to_resume_files(state)
     save_training_state(
         out, model, optimizer_state, tokenizer_spec, step, train_loss, val_loss, train_config,
