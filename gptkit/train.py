@@ -39,8 +39,7 @@ import numpy as np
 import torch
 
 from gptkit import distributed
-from gptkit.checkpoint import DamagedFile, peek_checkpoint
-from gptkit.config import TrainConfig, apply_settings, to_toml
+from gptkit.config import TrainConfig, to_toml
 from gptkit.devices import Runtime, compile_enabled, peak_flops, peak_memory_bytes
 from gptkit.distributed import Distributed
 from gptkit.errors import GptkitError, UsageError
@@ -56,16 +55,14 @@ from gptkit.run_folder import (
     CKPT_NAME,
     TENSORBOARD_DIR,
     best_saved_val_loss,
-    find_resume_point,
     prepare_run_folder,
     resume_command,
     save_training_state,
-    with_last_good_step,
 )
 from gptkit.schedule import learning_rate_at
 from gptkit.shards import Split
 
-__all__ = ["BEST_NAME", "CKPT_NAME", "TrainResult", "TrainingInterrupted", "resume_config", "train"]
+__all__ = ["BEST_NAME", "CKPT_NAME", "TrainResult", "TrainingInterrupted", "train"]
 
 
 class TrainingInterrupted(GptkitError):
@@ -169,20 +166,6 @@ def restore_rng_states(tensors: dict[str, torch.Tensor], states: dict, batch_gen
     if "numpy" in states:
         kind, keys, pos, has_gauss, cached = states["numpy"]
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def resume_config(out: str | Path, train_overrides: dict, step: int | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """The configs of the run saved in `out` (at `step`, else its newest step), with the options given
-    again on the command line on top (typically --max-iters to train longer). The model's shape always
-    comes from the checkpoint. Reads only the checkpoint's header; train() verifies the files."""
-    point = find_resume_point(out, step)
-    try:
-        checkpoint = peek_checkpoint(point.checkpoint)
-    except DamagedFile as e:
-        raise with_last_good_step(e, out, point.step) from None
-    saved = {k: v for k, v in checkpoint.train_config.items() if k in TrainConfig.__dataclass_fields__}
-    cfg = apply_settings(TrainConfig(), saved, str(point.checkpoint))
-    return checkpoint.model_config, apply_settings(cfg, train_overrides, "options")
 
 
 class _Window:
