@@ -86,3 +86,38 @@ def test_muon_and_wsd_settings_reach_the_config_from_the_command_line(run_cli):
     for line in ('optimizer = "muon"', "muon_lr = 0.05", "muon_momentum = 0.9", 'lr_schedule = "wsd"',
                  "cooldown_frac = 0.5", 'compile = "false"', "tie_embeddings = false"):
         assert line in r.stdout.splitlines(), line
+
+
+def test_every_option_is_also_a_toml_setting(tmp_path, run_cli):
+    """The same field, the same name in TOML: a config file setting every field to a non-default value
+    gives the config that the options give."""
+    changed = {
+        "model": dict(vocab_multiple=8, block_size=32, n_layer=3, n_head=4, n_embd=64, dropout=0.1, bias=False,
+                      position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False),
+        "train": dict(data="d", out="o", device="cpu", dtype="float32", compile="false", seed=3, max_iters=9,
+                      batch_size=5, grad_accum=2, learning_rate=0.01, min_lr=0.001, warmup_iters=2, lr_decay_iters=7,
+                      weight_decay=0.2, beta1=0.8, beta2=0.9, grad_clip=0.5, optimizer="muon", muon_lr=0.03,
+                      muon_momentum=0.9, lr_schedule="wsd", cooldown_frac=0.3, sampler="epoch", parallel="fsdp",
+                      eval_interval=3, eval_iters=4, log_interval=2, tensorboard=True, keep_checkpoints=2,
+                      on_bad_loss="stop", loss_spike_factor=4.0, max_bad_steps=5),
+    }
+    assert {f.name for _, f in option_fields()} == set(changed["model"]) | set(changed["train"])  # every field
+    toml = tmp_path / "all.toml"
+
+    def value(v):
+        return str(v).lower() if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else repr(v)
+
+    toml.write_text("".join(f"[{t}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in s.items()) for t, s in changed.items()))
+    from_toml = run_cli("train", "--print-config", "--config", toml)
+    argv = []
+    for _table, f in option_fields():
+        v = {**changed["model"], **changed["train"]}[f.name]
+        declarations = flag_declarations(f)
+        if "/" in declarations[0]:
+            on, off = declarations[0].split("/")
+            argv.append(on if v in (True, "true") else off)
+        else:
+            argv += [declarations[0], v]
+    from_options = run_cli("train", "--print-config", *argv)
+    assert from_toml.code == from_options.code == 0, from_toml.output + from_options.output
+    assert from_toml.stdout == from_options.stdout
