@@ -24,7 +24,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from gptkit.checkpoint import DamagedFile, peek_checkpoint
-from gptkit.config import DEFAULT_PRESET, PRESETS, ModelConfig, TrainConfig, apply_settings, load_toml, resolve_config
+from gptkit.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    apply_settings,
+    config_problems,
+    load_toml,
+    resolve_config,
+)
 from gptkit.errors import UsageError
 from gptkit.run_folder import CKPT_NAME, find_resume_point, holds_run, saved_steps, with_last_good_step
 
@@ -105,6 +114,12 @@ def merge_with_saved(saved, stated, names: set[str], table: str) -> tuple[object
     return replace(saved, **changes), conflicts
 
 
+def _check(model: ModelConfig, train: TrainConfig) -> None:
+    problems = config_problems(model, train)
+    if problems:
+        raise UsageError("invalid configuration: " + "; ".join(problems))
+
+
 def plan_launch(
     preset: str | None,
     config_file: str | Path | None,
@@ -127,7 +142,7 @@ def plan_launch(
         preset, stated_preset = default_preset(train_overrides.get("device", "auto")), None
     else:
         stated_preset = preset
-    model, train = resolve_config(preset, config_file, model_overrides, train_overrides, check=check and resume == "no")
+    model, train = resolve_config(preset, config_file, model_overrides, train_overrides, check=False)
     if resume == "auto":
         if overwrite:
             raise UsageError("--resume-auto and --overwrite contradict each other", hint="pass one of them")
@@ -135,6 +150,8 @@ def plan_launch(
         resume = "yes" if saved_steps(train.out) else "no"
         overwrite = resume == "no" and holds_run(train.out)
     if resume == "no":
+        if check:
+            _check(model, train)
         return Launch(model, train, False, None, overwrite, f"preset {preset}" if preset else f"config {config_file}")
 
     saved_model, saved_train = resume_config(train.out, {}, resume_from)
@@ -148,5 +165,5 @@ def plan_launch(
             hint="give the saved values or leave these settings out; to start a new run pass --overwrite or another --out",
         )
     if check:
-        resolve_config(None, None, model.to_dict(), vars(train))  # raises on invalid values
+        _check(model, train)
     return Launch(model, train, True, resume_from, overwrite, f"resuming {train.out}")
