@@ -42,8 +42,7 @@ import torch
 import torch.nn as nn
 
 from gptkit import distributed
-from gptkit.checkpoint import DamagedFile, peek_checkpoint
-from gptkit.config import TrainConfig, apply_settings, to_toml
+from gptkit.config import TrainConfig, to_toml
 from gptkit.devices import Runtime, compile_enabled, peak_flops
 from gptkit.errors import UsageError
 from gptkit.fileio import atomic_write_text
@@ -59,9 +58,7 @@ from gptkit.run_folder import (
     CKPT_NAME,
     TENSORBOARD_DIR,
     best_saved_val_loss,
-    find_resume_point,
     prepare_run_folder,
-    with_last_good_step,
 )
 from gptkit.schedule import learning_rate_at
 from gptkit.shards import Split
@@ -70,7 +67,7 @@ from gptkit.train_step import ParallelModel, estimate_loss
 
 __all__ = [
     "BEST_NAME", "CKPT_NAME", "TrainResult", "TrainingInterrupted", "capture_rng_states", "estimate_loss",
-    "learning_rate_at", "make_optimizer", "resume_config", "restore_rng_states", "train",
+    "learning_rate_at", "make_optimizer", "restore_rng_states", "train",
 ]
 
 Transform = Callable[[GPT], nn.Module]
@@ -98,20 +95,6 @@ def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx) -> Callab
         return (source.next_batch() for _ in range(cfg.eval_iters))
 
     return batches
-
-
-def resume_config(out: str | Path, train_overrides: dict, step: int | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """The configs of the run saved in `out` (at `step`, else its newest step), with the options given
-    again on the command line on top (typically --max-iters to train longer). The model's shape always
-    comes from the checkpoint. Reads only the checkpoint's header; train() verifies the files."""
-    point = find_resume_point(out, step)
-    try:
-        checkpoint = peek_checkpoint(point.checkpoint)
-    except DamagedFile as e:
-        raise with_last_good_step(e, out, point.step) from None
-    saved = {k: v for k, v in checkpoint.train_config.items() if k in TrainConfig.__dataclass_fields__}
-    cfg = apply_settings(TrainConfig(), saved, str(point.checkpoint))
-    return checkpoint.model_config, apply_settings(cfg, train_overrides, "options")
 
 
 def build_state(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime, transforms: Sequence[Transform]) -> tuple[TrainState, ParallelModel]:

@@ -5,9 +5,10 @@ import torch
 from conftest import tiny_configs
 from gptkit.checkpoint import load_checkpoint
 from gptkit.errors import GptkitError
+from gptkit.launch import resume_config
 from gptkit.loader import EpochBatches, RandomBatches, make_loader
 from gptkit.shards import Split, write_shard
-from gptkit.train import resume_config, train
+from gptkit.train import train
 
 T = 8
 
