@@ -31,8 +31,9 @@ def evaluate(
     batch_size: int = 16,
     max_batches: int | None = None,
     dtype: str = "auto",
+    adapter: str | Path | None = None,
 ) -> dict:
-    loaded = load_model(ckpt, device, dtype)
+    loaded = load_model(ckpt, device, dtype, adapter)
     checkpoint, model, runtime = loaded.checkpoint, loaded.model, loaded.runtime
     meta = read_meta(data)
     checkpoint.check_data(meta, data, ckpt)

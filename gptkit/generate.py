@@ -134,6 +134,7 @@ def sample_texts(
     device: str = "auto",
     stop_at_eot: bool = True,
     dtype: str = "auto",
+    adapter: str | Path | None = None,
 ) -> Iterator[tuple[str, Iterator[str]]]:
     """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once.
 
@@ -141,7 +142,7 @@ def sample_texts(
     """
     if temperature < 0:
         raise GptkitError(f"--temperature must be >= 0 (got {temperature})")
-    loaded = load_model(ckpt, device, dtype)
+    loaded = load_model(ckpt, device, dtype, adapter)
     model, tokenizer = loaded.model, loaded.tokenizer()
     prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size)
     generator = torch.Generator()

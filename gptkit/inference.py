@@ -1,6 +1,7 @@
 """Loading a checkpoint to run it: the one way `gptkit eval`, `gptkit sample` and later commands do it.
 
     loaded = load_model("out/ckpt.safetensors", device="auto", dtype="auto")
+    loaded = load_model("base.safetensors", adapter="ft/adapter.safetensors")   # LoRA on its base, unmerged
     with loaded.runtime.autocast:
         logits, _ = loaded.model(idx)            # idx: (B, T) token ids on loaded.runtime.device
 
@@ -13,6 +14,10 @@ the precision it was trained in:
 
 The weights stay float32, as saved; the lower precision is autocast's, for the matmuls (on a GPU,
 autocast keeps softmax and the loss in float32). No grad scaler: nothing is trained.
+
+An adapter (a checkpoint of kind "adapter", e.g. `gptkit finetune --lora-rank 8`'s adapter.safetensors)
+is applied on top of its base without merging (lora.apply_adapter); one trained on another base is
+refused (its recorded base checksum differs).
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ class LoadedModel:
         return self.checkpoint.tokenizer()
 
 
-def load_model(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(ckpt: str | Path, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = None) -> LoadedModel:
     """Load and verify the checkpoint `ckpt` (a damaged file's error names the run's last good one),
-    build its model on `device` and choose the precision to run it in (see the module docstring)."""
+    build its model on `device` and choose the precision to run it in (see the module docstring).
+    `adapter`: an adapter checkpoint of this base, applied unmerged."""
     checkpoint = load_run_checkpoint(ckpt)
     if checkpoint.kind != MODEL:
         raise GptkitError(
@@ -52,6 +58,13 @@ def load_model(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> L
             hint="load the base model's checkpoint, then apply the adapter to it",
         )
     runtime = resolve_runtime(device, dtype)
-    model = checkpoint.build_model(runtime.device).eval()
+    model = checkpoint.build_model(runtime.device)
+    if adapter is not None:
+        from gptkit.lora import apply_adapter
+
+        saved = load_run_checkpoint(adapter)
+        saved.check_base(checkpoint, adapter)
+        model = apply_adapter(model, saved).to(runtime.device)
+    model = model.eval()
     # The model now holds the weights; keeping the loaded copy too would double the memory.
     return LoadedModel(model, runtime, replace(checkpoint, state_dict={}))

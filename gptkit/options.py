@@ -28,11 +28,11 @@ from gptkit.config import PRESETS, ModelConfig, TrainConfig
 CONFIG_CLASSES = {"model": ModelConfig, "train": TrainConfig}
 
 
-def option_fields() -> list[tuple[str, Field]]:
-    """(table, field) of every setting that has a command-line option: all but the derived ones."""
-    return [
-        (table, f) for table, cls in CONFIG_CLASSES.items() for f in fields(cls) if not f.metadata.get("derived")
-    ]
+def option_fields(classes: dict[str, type] | None = None) -> list[tuple[str, Field]]:
+    """(table, field) of every setting that has a command-line option: all but the derived ones.
+    `classes`: {table: config dataclass}, default CONFIG_CLASSES (`finetune` passes its own)."""
+    classes = CONFIG_CLASSES if classes is None else classes
+    return [(table, f) for table, cls in classes.items() for f in fields(cls) if not f.metadata.get("derived")]
 
 
 def flag_declarations(f: Field) -> tuple[str, ...]:
@@ -61,10 +61,10 @@ def help_text(f: Field) -> str:
     return text.replace("[", "\\[")  # rich markup: "[default: 3]" and "[model]" are text
 
 
-def config_parameters() -> list[inspect.Parameter]:
+def config_parameters(classes: dict[str, type] | None = None) -> list[inspect.Parameter]:
     """One keyword-only typer parameter per setting, named after its field (fields are unique across tables)."""
     parameters = []
-    for _table, f in option_fields():
+    for _table, f in option_fields(classes):
         declarations = flag_declarations(f)
         kind = _python_type(f, declarations)
         info = typer.Option(None, *declarations, help=help_text(f), rich_help_panel=f.metadata.get("panel"))
@@ -72,14 +72,17 @@ def config_parameters() -> list[inspect.Parameter]:
     return parameters
 
 
-def with_config_options(function: Callable) -> Callable:
+def with_config_options(function: Callable | None = None, *, classes: dict[str, type] | None = None) -> Callable:
     """Give `function` (a command taking **settings) one option per config field, after its own options.
+    As `@with_config_options` (ModelConfig and TrainConfig) or `@with_config_options(classes={...})`.
 
     typer builds the command from the signature, so setting `__signature__` (and the annotations that
     typer resolves types from) is all it takes; the function receives the settings as keyword arguments."""
+    if function is None:
+        return lambda f: with_config_options(f, classes=classes)
     own = inspect.signature(function)
     kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    added = config_parameters()
+    added = config_parameters(classes)
     clash = {p.name for p in kept} & {p.name for p in added}
     assert not clash, f"command options shadow config fields: {clash}"
     function.__signature__ = own.replace(parameters=kept + added)
@@ -90,11 +93,18 @@ def with_config_options(function: Callable) -> Callable:
     return function
 
 
-def split_overrides(values: dict) -> tuple[dict, dict]:
-    """The settings given on the command line (not None), as (model overrides, train overrides)."""
-    tables: dict[str, dict] = {"model": {}, "train": {}}
-    for table, f in option_fields():
+def given_settings(values: dict, classes: dict[str, type] | None = None) -> dict[str, dict]:
+    """The settings given on the command line (not None), as {table: overrides}."""
+    classes = CONFIG_CLASSES if classes is None else classes
+    tables: dict[str, dict] = {table: {} for table in classes}
+    for table, f in option_fields(classes):
         value = values.get(f.name)
         if value is not None:
             tables[table][f.name] = str(value) if f.type == "str" and not isinstance(value, bool) else value
+    return tables
+
+
+def split_overrides(values: dict) -> tuple[dict, dict]:
+    """The settings given on the command line (not None), as (model overrides, train overrides)."""
+    tables = given_settings(values)
     return tables["model"], tables["train"]

@@ -6,6 +6,8 @@
 train() is short glue: plan_run (check) -> build the TrainState -> fit (the loop, fit.py) -> result.
 A run starts from scratch, from a saved step (resume), or from a checkpoint's weights (init_from=),
 with optional model transforms (callables GPT -> module, e.g. LoRA) applied before DDP/FSDP wraps it.
+`weights=` (a RunWeights) says what a save writes and how a resume loads it back: by default the
+module's own state dict; fine-tuning with LoRA saves the merged model and an adapter file instead.
 
 One optimizer step (train_step.py) is:
 
@@ -44,6 +46,7 @@ import torch.nn as nn
 from gptkit import distributed
 from gptkit.config import TrainConfig, to_toml
 from gptkit.devices import Runtime, compile_enabled, peak_flops
+from gptkit.checkpoint import Checkpoint
 from gptkit.errors import UsageError
 from gptkit.fileio import atomic_write_text
 from gptkit.fit import TrainingInterrupted, fit
@@ -66,11 +69,28 @@ from gptkit.train_state import TrainState, capture_rng_states, restore_rng_state
 from gptkit.train_step import ParallelModel, estimate_loss
 
 __all__ = [
-    "BEST_NAME", "CKPT_NAME", "TrainResult", "TrainingInterrupted", "capture_rng_states", "estimate_loss",
+    "BEST_NAME", "CKPT_NAME", "RunWeights", "TrainResult", "TrainingInterrupted", "capture_rng_states", "estimate_loss",
     "learning_rate_at", "make_optimizer", "restore_rng_states", "train",
 ]
 
 Transform = Callable[[GPT], nn.Module]
+
+
+class RunWeights:
+    """The seam between the loop and what the run folder holds of the trained module. This default is
+    pretraining's: the module is a GPT, each step's checkpoint is its state dict, and a resume loads it
+    back as is. A transform that changes the state dict (LoRA adds lora_A/lora_B) passes a subclass."""
+
+    def to_checkpoint(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weights written as the step's checkpoint (a plain GPT's), from the module's full state dict."""
+        return weights
+
+    def saved(self, out: Path, step: int, weights: dict[str, torch.Tensor], train_loss, val_loss, is_best: bool) -> None:
+        """After the step's files are written (rank 0 only): write whatever else belongs to the step."""
+
+    def resume(self, model: nn.Module, checkpoint: Checkpoint) -> None:
+        """Put the resumed step's weights (its verified checkpoint) into the transformed module."""
+        checkpoint.load_into(model)
 
 
 @dataclass
@@ -97,7 +117,9 @@ def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx) -> Callab
     return batches
 
 
-def build_state(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime, transforms: Sequence[Transform]) -> tuple[TrainState, ParallelModel]:
+def build_state(
+    plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime, transforms: Sequence[Transform], weights: RunWeights | None = None
+) -> tuple[TrainState, ParallelModel]:
     """The model (scratch, a checkpoint's weights, or the resumed step's), transformed, wrapped for
     DDP/FSDP, its optimizer, and the rest of the TrainState, restored when resuming."""
     random.seed(cfg.seed)
@@ -109,7 +131,7 @@ def build_state(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime, transfor
     for transform in transforms:  # before wrapping: DDP/FSDP must see the final parameters
         model = transform(model)
     if plan.checkpoint is not None:
-        plan.checkpoint.load_into(model)
+        (weights or RunWeights()).resume(model, plan.checkpoint)
     wrapped = distributed.wrap_model(model, ctx, cfg.parallel, runtime.dtype)  # `model` itself on one process
     loader = make_loader(
         cfg.sampler, plan.splits["train"], cfg.batch_size, plan.model_config.block_size, cfg.seed,
@@ -144,13 +166,15 @@ def train(
     monitor: Monitor | None = None,
     init_from: str | Path | None = None,
     transforms: Sequence[Transform] = (),
+    weights: RunWeights | None = None,
 ) -> TrainResult:
     """Train a GPT on the data folder `cfg.data`, writing the run into `cfg.out`.
 
     resume continues the newest saved step of `cfg.out`, resume_from=N the saved step N (the steps
     after it are deleted: the run redoes them). init_from starts a fresh run from a checkpoint's
     weights (and model config); a resumed run ignores it. transforms turn the model into the module
-    to train, before DDP/FSDP wrapping. Raises GptkitError listing every problem it finds before
+    to train, before DDP/FSDP wrapping; weights (default RunWeights()) what each save writes of it and
+    how a resume loads it. Raises GptkitError listing every problem it finds before
     starting, TrainingInterrupted after a SIGINT/SIGTERM (saved), BadLoss when the loss guard stops
     the run (nothing saved after the last good checkpoint)."""
     monitor = monitor or Monitor()
@@ -168,7 +192,8 @@ def train(
             monitor.message(note)
     ctx.barrier()
 
-    state, model = build_state(plan, cfg, ctx, runtime, transforms)
+    weights = weights or RunWeights()
+    state, model = build_state(plan, cfg, ctx, runtime, transforms, weights)
     sinks = []
     if ctx.is_main:  # rank 0 alone writes the run folder
         atomic_write_text(out / "config.toml", to_toml(model_config, cfg))
@@ -183,9 +208,12 @@ def train(
     train_config_dict = asdict(cfg)
 
     def write(saved: dict, train_loss, val_loss, is_best: bool) -> None:
+        module_weights = saved["model"]
+        saved = {**saved, "model": weights.to_checkpoint(module_weights)}
         write_to_run_folder(
             out, saved, state.model, plan.meta["tokenizer"], train_loss, val_loss, train_config_dict, cfg.keep_checkpoints, is_best
         )
+        weights.saved(out, saved["step"], module_weights, train_loss, val_loss, is_best)
 
     # The global batch: every rank trains on its own batch_size x grad_accum sequences per step.
     tokens_per_step = cfg.batch_size * model_config.block_size * cfg.grad_accum * ctx.world_size

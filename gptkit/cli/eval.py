@@ -15,10 +15,12 @@ from gptkit.console import emit_json as _emit_json
     "eval",
     epilog="Examples:\n\n"
     "  gptkit eval --ckpt out/ckpt.safetensors\n\n"
-    "  gptkit eval --ckpt out/best.safetensors --split train --json | jq .perplexity",
+    "  gptkit eval --ckpt out/best.safetensors --split train --json | jq .perplexity\n\n"
+    "  gptkit eval --ckpt out/ckpt.safetensors --adapter out/lora/adapter.safetensors --data data/new",
 )
 def eval_cmd(
     ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to evaluate."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Data folder.  [default: the one the model trained on]"),
     split: str = typer.Option("val", "--split", help="Which split: val or train."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
@@ -32,7 +34,7 @@ def eval_cmd(
 
     if data is None:  # the header says where the model trained; evaluate() verifies the weights
         data = data_folder_of(ckpt)
-    result = evaluate(ckpt, data, split, device, batch_size, max_batches)
+    result = evaluate(ckpt, data, split, device, batch_size, max_batches, adapter=adapter)
     if as_json:
         _emit_json(result)
     else:

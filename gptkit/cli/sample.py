@@ -21,6 +21,7 @@ from gptkit.errors import UsageError
 )
 def sample(
     ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to sample from."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to continue."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
     num_samples: int = typer.Option(1, "--num-samples", "-n", min=1, help="How many samples."),
@@ -49,7 +50,7 @@ def sample(
     elif prompt is None and sys.stdin is not None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     for index, (prompt_text, pieces) in enumerate(
-        sample_texts(ckpt, prompt, num_samples, max_new_tokens, temperature, top_k or None, seed, device, stop_at_eot)
+        sample_texts(ckpt, prompt, num_samples, max_new_tokens, temperature, top_k or None, seed, device, stop_at_eot, adapter=adapter)
     ):
         if as_json:
             _emit_json({"sample": index, "prompt": prompt_text, "completion": "".join(pieces)})
