@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, subprocess_env
 
 
 def test_shakespeare_cpu_benchmark_runs_every_variant(shakespeare_file):
@@ -44,3 +44,16 @@ def test_gpu_check_runs_the_pipeline_and_a_speed_configuration(shakespeare_file,
     [speed] = results["speed"]
     assert speed["name"] == "shakespeare-char" and speed["tokens_per_sec"] > 0
     assert "| shakespeare-char | cpu, float32 |" in done.stdout
+
+
+def test_finetune_benchmark_compares_full_and_lora():
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "finetune.py"), "--n-layer", "2", "--n-embd", "64", "--n-head", "2",
+         "--block-size", "32", "--iters", "1", "--json"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )
+    report = json.loads(done.stdout)
+    full, lora = report["results"]["full"], report["results"]["lora"]
+    assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
+    assert report["checks"]["optimizer state <= 2% of full's"]
+    assert lora["optimizer_state_bytes"] == 8 * lora["trainable_params"]  # AdamW: two float32 moments each
