@@ -34,12 +34,12 @@ from gptkit.fileio import atomic_link, atomic_write_text
 from gptkit.finetune_config import FinetuneConfig, check_configs, finetune_toml
 from gptkit.lora import apply_lora, freeze, lora_state_dict, merge_lora
 from gptkit.monitor import Monitor
-from gptkit.run_folder import CHECKPOINT_DIR, saved_steps
+from gptkit.run_folder import CHECKPOINT_DIR, FINETUNE_RECORD, saved_steps
 from gptkit.shards import read_meta
 from gptkit.train import RunWeights, TrainResult, train
 
 ADAPTER_NAME = "adapter.safetensors"
-RECORD_NAME = "finetune.toml"
+RECORD_NAME = FINETUNE_RECORD
 
 
 def adapter_step_path(out: str | Path, step: int) -> Path:

@@ -6,8 +6,8 @@
         evaluate and save every eval_interval steps       # train_state.py -> run_folder.py
         on SIGINT/SIGTERM: save, raise TrainingInterrupted
 
-fit() knows nothing of where the model, the data or the run folder came from: train() (pretraining)
-builds them, and a fine-tuning command builds its own and calls the same loop.
+fit() knows nothing of where the model, the data or the run folder came from: train() builds them
+(for pretraining, and for fine-tuning: finetune.py calls train() with init_from, transforms and weights).
 """
 
 from __future__ import annotations

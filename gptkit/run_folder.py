@@ -176,9 +176,13 @@ def find_resume_point(out: str | Path, step: int | None = None) -> ResumePoint:
     return points[0]
 
 
+FINETUNE_RECORD = "finetune.toml"  # written by `gptkit finetune` (finetune.py): such a run resumes with it
+
+
 def resume_command(out: str | Path, step: int | None = None) -> str:
     tail = f" --resume-from {step}" if step is not None else " --resume"
-    return f"gptkit train --out {shlex.quote(str(out))}{tail}"
+    command = "finetune" if (Path(out) / FINETUNE_RECORD).is_file() else "train"
+    return f"gptkit {command} --out {shlex.quote(str(out))}{tail}"
 
 
 def verify_resume_point(point: ResumePoint) -> tuple[Checkpoint, tuple]:

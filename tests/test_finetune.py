@@ -230,3 +230,27 @@ def test_finetune_cli_end_to_end(tmp_path, tiny_run, run_cli):
     assert conflict.code == 2 and "finetune.lora_rank 8 (saved 4)" in conflict.output
     help_text = run_cli("finetune", "--help").stdout
     assert "--lora-rank" in help_text and "--freeze-blocks" in help_text and "--learning-rate" in help_text
+
+
+def test_sigint_saves_a_lora_run_that_resumes_bitwise(tmp_path, tiny_run):
+    import os
+    import signal
+
+    from gptkit.fit import TrainingInterrupted
+    from gptkit.monitor import Monitor
+
+    class InterruptAtStep4(Monitor):
+        def step(self, record):
+            if record["step"] == 4:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does; the loop finishes the step and saves
+
+    lora = {"lora_rank": 4}
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as e:
+        finetune(tiny_run.ckpt, *configs(tiny_run, out, lora, eval_interval=100), monitor=InterruptAtStep4())
+    assert f"gptkit finetune --out {out} --resume" in e.value.hint
+    assert load_checkpoint(out / "adapter.safetensors").step == 4
+    resumed = finetune(tiny_run.ckpt, *configs(tiny_run, out, lora, eval_interval=100), resume=True)
+    one_go = finetune(tiny_run.ckpt, *configs(tiny_run, tmp_path / "one", lora, eval_interval=100))
+    assert resumed.step == 8
+    assert load_checkpoint(resumed.out / "adapter.safetensors").checksum == load_checkpoint(one_go.out / "adapter.safetensors").checksum
