@@ -77,6 +77,13 @@ FULL_DEFAULTS = {**_COMMON, "learning_rate": 1e-4, "min_lr": 1e-5}
 LORA_DEFAULTS = {**_COMMON, "learning_rate": 1e-3, "min_lr": 1e-4, "weight_decay": 0.0}  # no decay pulling B A to 0
 
 CLASSES = {"finetune": FinetuneConfig, "train": TrainConfig}  # the tables of a finetune TOML file
+# What `gptkit finetune --help` shows as the training options' defaults (there are no presets here).
+_FULL, _LORA = TrainConfig(**FULL_DEFAULTS), TrainConfig(**LORA_DEFAULTS)
+SHOWN_DEFAULTS = {
+    f.name: f"{getattr(_FULL, f.name)} (full) / {getattr(_LORA, f.name)} (LoRA)"
+    if getattr(_FULL, f.name) != getattr(_LORA, f.name) else str(getattr(_FULL, f.name))
+    for f in fields(TrainConfig)
+}
 
 
 def load_finetune_toml(path: str | Path) -> dict:

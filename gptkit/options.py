@@ -49,40 +49,46 @@ def _python_type(f: Field, declarations: tuple[str, ...]) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, f.type)
 
 
-def help_text(f: Field) -> str:
-    """The field's help, its choices, and its default (which a preset may replace)."""
+def help_text(f: Field, shown_defaults: dict | None = None) -> str:
+    """The field's help, its choices, and its default (which a preset may replace; `shown_defaults`:
+    a command's own defaults, e.g. finetune's)."""
     text = f.metadata.get("help", "")
     choices = f.metadata.get("choices")
     if choices and not any("/" in d for d in flag_declarations(f)):  # a --x/--no-x pair says them itself
         text += f"  One of: {' | '.join(choices)}."
     by_preset = any(f.name in p.model or f.name in p.train for p in PRESETS.values())
     default = f.default if f.default is not MISSING else None
-    text += f"  [default: {default}]" if not by_preset else f"  [default: the preset's, else {default}]"
+    if shown_defaults and f.name in shown_defaults:
+        text += f"  [default: {shown_defaults[f.name]}]"
+    else:
+        text += f"  [default: {default}]" if not by_preset else f"  [default: the preset's, else {default}]"
     return text.replace("[", "\\[")  # rich markup: "[default: 3]" and "[model]" are text
 
 
-def config_parameters(classes: dict[str, type] | None = None) -> list[inspect.Parameter]:
+def config_parameters(classes: dict[str, type] | None = None, shown_defaults: dict | None = None) -> list[inspect.Parameter]:
     """One keyword-only typer parameter per setting, named after its field (fields are unique across tables)."""
     parameters = []
     for _table, f in option_fields(classes):
         declarations = flag_declarations(f)
         kind = _python_type(f, declarations)
-        info = typer.Option(None, *declarations, help=help_text(f), rich_help_panel=f.metadata.get("panel"))
+        info = typer.Option(None, *declarations, help=help_text(f, shown_defaults), rich_help_panel=f.metadata.get("panel"))
         parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[kind]))
     return parameters
 
 
-def with_config_options(function: Callable | None = None, *, classes: dict[str, type] | None = None) -> Callable:
+def with_config_options(
+    function: Callable | None = None, *, classes: dict[str, type] | None = None, shown_defaults: dict | None = None
+) -> Callable:
     """Give `function` (a command taking **settings) one option per config field, after its own options.
     As `@with_config_options` (ModelConfig and TrainConfig) or `@with_config_options(classes={...})`.
 
     typer builds the command from the signature, so setting `__signature__` (and the annotations that
     typer resolves types from) is all it takes; the function receives the settings as keyword arguments."""
     if function is None:
-        return lambda f: with_config_options(f, classes=classes)
+        return lambda f: with_config_options(f, classes=classes, shown_defaults=shown_defaults)
     own = inspect.signature(function)
     kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    added = config_parameters(classes)
+    added = config_parameters(classes, shown_defaults)
     clash = {p.name for p in kept} & {p.name for p in added}
     assert not clash, f"command options shadow config fields: {clash}"
     function.__signature__ = own.replace(parameters=kept + added)

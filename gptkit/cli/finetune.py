@@ -16,7 +16,7 @@ import typer
 from gptkit import __version__
 from gptkit.cli.app import app
 from gptkit.console import emit_json as _emit_json, err, log as _log
-from gptkit.finetune_config import CLASSES
+from gptkit.finetune_config import CLASSES, SHOWN_DEFAULTS
 from gptkit.options import given_settings, with_config_options
 
 
@@ -26,10 +26,9 @@ from gptkit.options import given_settings, with_config_options
     "  gptkit finetune --ckpt out/ckpt.safetensors --data data/new --out out/lora --lora-rank 8\n\n"
     "  gptkit finetune --out out/lora --resume --max-iters 1000\n\n"
     "  gptkit sample --ckpt out/ckpt.safetensors --adapter out/lora/adapter.safetensors\n\n"
-    "The defaults shown for training options are pretraining's; `--print-config` shows the fine-tuning ones "
-    "(learning rate 1e-4 full / 1e-3 LoRA, warmup 20, 500 iterations).",
+    "Training options not shown with a fine-tuning default keep train's; `--print-config` shows them all.",
 )
-@with_config_options(classes=CLASSES)
+@with_config_options(classes=CLASSES, shown_defaults=SHOWN_DEFAULTS)
 def finetune(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint of the model to fine-tune (on --resume: the run's)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[finetune] and \\[train] tables."),
