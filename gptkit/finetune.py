@@ -32,7 +32,7 @@ from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_link, atomic_write_text
 from gptkit.finetune_config import FinetuneConfig, check_configs, finetune_toml
-from gptkit.lora import apply_lora, freeze, lora_state_dict, merge_lora
+from gptkit.lora import apply_lora, freeze, lora_state_dict, merge_lora, parse_targets
 from gptkit.monitor import Monitor
 from gptkit.run_folder import CHECKPOINT_DIR, FINETUNE_RECORD, saved_steps
 from gptkit.shards import read_meta
@@ -132,6 +132,8 @@ def finetune(
     (see the module docstring). Raises GptkitError before starting when the checkpoint is not a full
     model, the data's tokenizer is not the model's, or a resume names another base than the run's."""
     check_configs(ft, cfg)
+    if ft.lora:
+        parse_targets(ft.lora_targets)  # before train() touches the run folder
     base = load_checkpoint(ckpt)
     if base.kind != MODEL:
         raise GptkitError(f"{ckpt} is an {base.kind}, not a full model", hint="fine-tune from a full model's checkpoint")

@@ -254,3 +254,20 @@ def test_sigint_saves_a_lora_run_that_resumes_bitwise(tmp_path, tiny_run):
     one_go = finetune(tiny_run.ckpt, *configs(tiny_run, tmp_path / "one", lora, eval_interval=100))
     assert resumed.step == 8
     assert load_checkpoint(resumed.out / "adapter.safetensors").checksum == load_checkpoint(one_go.out / "adapter.safetensors").checksum
+
+
+def test_every_finetune_setting_has_its_option_and_bad_values_stop_before_any_file(tmp_path, tiny_run, run_cli):
+    from dataclasses import fields
+
+    from gptkit.finetune_config import FinetuneConfig
+    from gptkit.options import flag_declarations
+
+    help_text = run_cli("finetune", "--help").stdout
+    for f in fields(FinetuneConfig):
+        assert flag_declarations(f)[0].split("/")[0] in help_text, f.name
+    out = tmp_path / "never"
+    bad = run_cli("finetune", "--ckpt", tiny_run.ckpt, "--data", tiny_run.data, "--out", out, "--lora-rank", "2", "--lora-targets", "q,nope")
+    assert bad.code == 2 and "unknown LoRA target(s) nope" in bad.output
+    both = run_cli("finetune", "--ckpt", tiny_run.ckpt, "--data", tiny_run.data, "--out", out, "--lora-rank", "2", "--freeze-blocks", "1")
+    assert both.code == 2 and "freeze_embeddings and freeze_blocks are for full fine-tuning" in both.output
+    assert not out.exists()
