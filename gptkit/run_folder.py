@@ -92,13 +92,12 @@ def lock_run_folder(out: str | Path) -> Iterator[None]:
         yield
         return
     created = not out.exists()
-    with FolderLock(out / LOCK_NAME, out, "run folder"):
-        try:
+    try:
+        with FolderLock(out / LOCK_NAME, out, "run folder"):
             yield
-        finally:
-            if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:
-                (out / LOCK_NAME).unlink()
-                out.rmdir()
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def holds_run(out: str | Path) -> bool:
