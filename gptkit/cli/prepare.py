@@ -1,4 +1,4 @@
-"""`gptkit prepare shakespeare|text`: raw text to the token shards that `train` reads."""
+"""`gptkit prepare shakespeare|text|verify`: raw text to the token shards that `train` reads, and their check."""
 
 from __future__ import annotations
 
@@ -70,3 +70,24 @@ def prepare_text_cmd(
 
     meta = prepare_text(paths, out, tokenizer, val_fraction, log=_log)
     _report_prepared(meta, out, as_json)
+
+
+@prepare_app.command(
+    "verify",
+    epilog="Example:\n\n  gptkit prepare verify data/shakespeare && echo intact",
+)
+def prepare_verify_cmd(
+    data: Path = typer.Argument(..., help="A data folder written by `gptkit prepare`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Check a data folder in one streaming pass: every shard's header, size and checksum, and every id
+    inside the vocabulary. Names each damaged shard (exit 1); prints the folder when it is intact."""
+    from gptkit.shards import verify_data_folder
+
+    report = verify_data_folder(data)
+    if as_json:
+        _emit_json(report)
+    else:
+        checked = f"{report['checksums_verified']} checksum(s) verified" if report["checksums_verified"] else "no checksums recorded (prepared by an older gptkit)"
+        _log(f"{data}: {report['shards']} shard(s), {report['tokens']:,} tokens, every id below {report['vocab_size']:,}; {checked}")
+        print(data)
