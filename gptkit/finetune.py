@@ -82,9 +82,9 @@ class FullWeights(RunWeights):
 class LoRAWeights(FullWeights):
     """LoRA's run folder: merged checkpoints, an adapter per step, and resume from base + adapter."""
 
-    def __init__(self, base: Checkpoint, ft: FinetuneConfig, record: str, out: str | Path):
+    def __init__(self, base: Checkpoint, ft: FinetuneConfig, record: str, cfg: TrainConfig):
         super().__init__(record)
-        self.base, self.ft, self.out = base, ft, Path(out)
+        self.base, self.ft, self.out, self.data = base, ft, Path(cfg.out), cfg.data  # data: eval's default
         self.model: torch.nn.Module | None = None  # the LoRA model, once the transform has made it
 
     def transform(self, model):
@@ -97,7 +97,7 @@ class LoRAWeights(FullWeights):
     def saved(self, out, step, weights, train_loss, val_loss, is_best):
         super().saved(out, step, weights, train_loss, val_loss, is_best)
         path = adapter_step_path(out, step)
-        config = {"lora": self.ft.lora_settings(), "finetune": self.record}
+        config = {"data": self.data, "lora": self.ft.lora_settings(), "finetune": self.record}
         save_adapter(path, lora_state_dict(self.model, weights), self.base, step, train_loss, val_loss, config)
         atomic_link(path, Path(out) / ADAPTER_NAME)
         kept = {p.step for p in saved_steps(out)}
@@ -148,7 +148,7 @@ def finetune(
     monitor = monitor or Monitor()
 
     if ft.lora:
-        weights = LoRAWeights(base, ft, record, cfg.out)
+        weights = LoRAWeights(base, ft, record, cfg)
         transforms = [weights.transform]
     else:
         weights = FullWeights(record)

@@ -118,6 +118,7 @@ def test_lora_finetune_writes_merged_checkpoint_and_adapter(tmp_path, tiny_run):
     adapter = load_checkpoint(result.out / "adapter.safetensors")
     assert merged.kind == "model" and merged.step == 8
     assert adapter.kind == ADAPTER and adapter.base_checksum == base.checksum and adapter.step == 8
+    assert adapter.train_config["data"] == str(tiny_run.data)
     assert adapter.train_config["lora"] == {"rank": 4, "alpha": 16.0, "dropout": 0.0, "targets": "q,v,o"}
     assert set(adapter.state_dict) == {f"blocks.{i}.{m}.{p}" for i in range(2) for m in ("attn.qkv", "attn.proj") for p in ("lora_A", "lora_B")}
     # only the LoRA weights trained: the merged model differs from the base only in the adapted matrices
@@ -214,7 +215,7 @@ def test_finetune_cli_end_to_end(tmp_path, tiny_run, run_cli):
     assert done.stdout.strip() == str(out / "ckpt.safetensors")
     assert "parameters train" in done.stderr
     merged = run_cli("eval", "--ckpt", out / "ckpt.safetensors", "--json", "--max-batches", "2", "--device", "cpu")
-    unmerged = run_cli("eval", "--ckpt", tiny_run.ckpt, "--adapter", out / "adapter.safetensors", "--data", tiny_run.data, "--json", "--max-batches", "2", "--device", "cpu")
+    unmerged = run_cli("eval", "--ckpt", tiny_run.ckpt, "--adapter", out / "adapter.safetensors", "--json", "--max-batches", "2", "--device", "cpu")
     assert merged.code == unmerged.code == 0, merged.output + unmerged.output
     assert abs(json.loads(merged.stdout)["val_loss"] - json.loads(unmerged.stdout)["val_loss"]) < 1e-5
     sampled = [
@@ -228,6 +229,8 @@ def test_finetune_cli_end_to_end(tmp_path, tiny_run, run_cli):
     assert load_checkpoint(out / "adapter.safetensors").step == 9
     conflict = run_cli("finetune", "--out", out, "--lora-rank", "8", "--resume", *common)
     assert conflict.code == 2 and "finetune.lora_rank 8 (saved 4)" in conflict.output
+    report = run_cli("report", tiny_run.out, out, "--no-plot")
+    assert report.code == 0 and "lora" in report.stdout, report.output
     help_text = run_cli("finetune", "--help").stdout
     assert "--lora-rank" in help_text and "--freeze-blocks" in help_text and "--learning-rate" in help_text
 

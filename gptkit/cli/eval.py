@@ -32,8 +32,8 @@ def eval_cmd(
     from gptkit.evaluate import evaluate
     from gptkit.launch import data_folder_of
 
-    if data is None:  # the header says where the model trained; evaluate() verifies the weights
-        data = data_folder_of(ckpt)
+    if data is None:  # the header says where the model (or the adapter) trained; evaluate() verifies the weights
+        data = data_folder_of(adapter or ckpt)
     result = evaluate(ckpt, data, split, device, batch_size, max_batches, adapter=adapter)
     if as_json:
         _emit_json(result)
