@@ -274,3 +274,23 @@ def test_every_finetune_setting_has_its_option_and_bad_values_stop_before_any_fi
     both = run_cli("finetune", "--ckpt", tiny_run.ckpt, "--data", tiny_run.data, "--out", out, "--lora-rank", "2", "--freeze-blocks", "1")
     assert both.code == 2 and "freeze_embeddings and freeze_blocks are for full fine-tuning" in both.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_lora_on_two_processes_matches_one(tmp_path, tiny_run, parallel):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    from test_distributed import assert_same_weights, torchrun
+
+    from gptkit.finetune_config import finetune_toml
+
+    lora = {"lora_rank": 4}
+    single = finetune(tiny_run.ckpt, *configs(tiny_run, tmp_path / "single", lora, max_iters=4, batch_size=8))
+    config = tmp_path / "double.toml"
+    config.write_text(finetune_toml(*configs(tiny_run, tmp_path / "double", lora, max_iters=4, batch_size=4, parallel=parallel)))
+    run = torchrun(["finetune", "--ckpt", str(tiny_run.ckpt), "--config", str(config)])
+    assert run.stdout.strip() == str(tmp_path / "double" / "ckpt.safetensors")
+    assert_same_weights(single.out / "adapter.safetensors", tmp_path / "double" / "adapter.safetensors")
+    assert_same_weights(single.out / "ckpt.safetensors", tmp_path / "double" / "ckpt.safetensors")
