@@ -223,8 +223,10 @@ def test_finetune_cli_end_to_end(tmp_path, tiny_run, run_cli):
         for ckpt in ([out / "ckpt.safetensors"], [tiny_run.ckpt, "--adapter", out / "adapter.safetensors"])
     ]
     assert sampled[0].code == sampled[1].code == 0 and sampled[0].stdout == sampled[1].stdout
-    # resume with the same command line, training further
-    more = run_cli("finetune", "--ckpt", tiny_run.ckpt, "--out", out, "--lora-rank", "4", "--max-iters", "9", "--eval-interval", "3", "--resume", *common)
+    # resume with the same command line, or without --ckpt (the run's finetune.toml names it), training further
+    same = run_cli("finetune", "--ckpt", tiny_run.ckpt, "--out", out, "--lora-rank", "4", "--max-iters", "6", "--eval-interval", "3", "--resume", *common)
+    assert same.code == 0 and "nothing to do" in same.stderr, same.output
+    more = run_cli("finetune", "--out", out, "--max-iters", "9", "--resume", *common)
     assert more.code == 0, more.output
     assert load_checkpoint(out / "adapter.safetensors").step == 9
     conflict = run_cli("finetune", "--out", out, "--lora-rank", "8", "--resume", *common)
