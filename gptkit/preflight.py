@@ -82,11 +82,13 @@ def plan_run(
         if resume:
             point = find_resume_point(out, resume_from)
             checkpoint, saved = load_resume_point(out, point)
+            checkpoint.check_weights()  # before train() builds a model of the config the file claims
             state = from_resume_files(checkpoint, saved)
     start = None
     if init_from is not None and not resume:
         with problems.check():
             start = load_checkpoint(init_from)
+            start.check_weights()
     if start is not None and meta is not None:
         with problems.check():
             start.check_data(meta, cfg.data, init_from)
