@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 
 from gptkit import __version__
+from gptkit.cli_data import register as register_data_commands
 from gptkit.cli_tokenize import tokenize_app
 from gptkit.console import CONTEXT, emit_json as _emit_json, err, log as _log
 from gptkit.errors import GptkitError, UsageError
@@ -43,6 +44,7 @@ prepare_app = typer.Typer(
 )
 app.add_typer(prepare_app, name="prepare")
 app.add_typer(tokenize_app, name="tokenize")  # in cli_tokenize.py
+register_data_commands(prepare_app)  # prepare instructions, prepare hf: in cli_data.py
 
 
 def _version(value: bool) -> None:

@@ -164,7 +164,8 @@ def _check_out(out: str | Path) -> Path:
 def _refuse_foreign_files(out: Path) -> None:
     """An existing data folder is replaced; a folder holding anything else (the user's text, say) is not ours."""
     existing = [p.name for p in out.iterdir()]
-    if not all(n == "meta.json" or n == "tokenizer.json" or n.endswith(".bin") for n in existing):
+    # (.npy: instruction data's example index and loss mask, see instructions.py)
+    if not all(n == "meta.json" or n == "tokenizer.json" or n.endswith((".bin", ".npy")) for n in existing):
         raise GptkitError(
             f"--out {out} already holds files that are not gptkit data ({', '.join(sorted(existing)[:3])} ...)",
             hint="choose an empty or new folder",
@@ -190,9 +191,9 @@ def _split_info(writer: ShardWriter, num_bytes: int, log: Callable[[str], None])
     return {"tokens": writer.total, "bytes": num_bytes, "shards": names, "checksums": writer.checksums}
 
 
-def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source: dict) -> dict:
+def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source: dict, extra: dict | None = None) -> dict:
     tokenizer.save(staging)
-    meta = write_meta(staging, tokenizer.spec(), tokenizer.vocab_size, tokenizer.eot_id, splits, source)
+    meta = write_meta(staging, tokenizer.spec(), tokenizer.vocab_size, tokenizer.eot_id, splits, source, extra)
     if out.exists():
         _replace_data_folder(out, staging)
     else:

@@ -1,0 +1,60 @@
+"""`gptkit prepare instructions` and `gptkit prepare hf`: the data commands beyond plain text files.
+
+Registered on cli.py's `prepare` group; each parses options, calls one library function and prints
+the data folder on stdout (its meta.json with --json), like the other `prepare` commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gptkit.console import emit_json as _emit_json, log as _log
+
+INSTRUCTIONS_EPILOG = (
+    "Examples:\n\n"
+    "  gptkit prepare instructions tasks.jsonl --tokenizer out/ --out data/tasks\n\n"
+    "  gptkit prepare instructions alpaca.jsonl --tokenizer gpt2 --template alpaca --block-size 512 --out data/alpaca\n\n"
+    'Lines: {"prompt", "completion"}, {"messages": [{"role", "content"}, ...]} or {"instruction", "input", "output"}.'
+)
+
+
+def _report(meta: dict, out: Path, as_json: bool) -> None:
+    if as_json:
+        _emit_json({"data": str(out), **meta})
+    else:
+        print(out)
+
+
+def prepare_instructions_cmd(
+    jsonl: Path = typer.Argument(..., help="A JSONL file: one example per line (see the layouts below)."),
+    tokenizer: str = typer.Option(
+        ..., "--tokenizer", "-t", help="The model's tokenizer: its checkpoint (or run folder), a data folder, a saved tokenizer, "
+        "a Hugging Face GPT-2 folder, or gpt2."
+    ),
+    out: Path = typer.Option(Path("data/instructions"), "--out", "-o", help="Data folder to write."),
+    template: Optional[str] = typer.Option(
+        None, "--template", help="Prompt template: plain (default: 'Question: ...\\nAnswer: ...\\n'), alpaca, a JSON/TOML file "
+        "with system/user/assistant entries, or a one-line 'Q: {prompt}\\nA: {completion}\\n'."
+    ),
+    block_size: Optional[int] = typer.Option(
+        None, "--block-size", min=1, help="Context length the examples must fit (default: the checkpoint's, else 1024)."
+    ),
+    too_long: str = typer.Option("skip", "--too-long", help="Examples longer than the context: skip (counted) | error."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the examples kept for validation (the last ones)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the data folder's meta.json on stdout."),
+) -> None:
+    """Tokenize instruction examples for fine-tuning: the loss counts completion tokens only."""
+    from gptkit.instructions import prepare_instructions
+
+    meta = prepare_instructions(
+        jsonl, out, tokenizer, template, block_size=block_size, val_fraction=val_fraction, on_too_long=too_long, log=_log
+    )
+    _report(meta, out, as_json)
+
+
+def register(prepare_app: typer.Typer) -> None:
+    """Add this module's commands to the `prepare` group."""
+    prepare_app.command("instructions", epilog=INSTRUCTIONS_EPILOG)(prepare_instructions_cmd)
