@@ -31,7 +31,7 @@ else:  # pragma: no cover
 COMPONENT_CHOICES = {
     "position": ("learned", "rope"),
     "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "relu2", "swiglu"),
+    "mlp": ("gelu", "gelu_tanh", "relu2", "swiglu"),
 }
 
 
@@ -49,7 +49,7 @@ class ModelConfig:
     bias: bool = True  # GPT-2 has biases in Linear and LayerNorm; False is a little faster and as good
     position: str = "learned"  # learned | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu2 | swiglu
+    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's own, for imported weights) | relu2 | swiglu
     tie_embeddings: bool = True  # output layer = token embedding matrix (transposed)
 
     @property
