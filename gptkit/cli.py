@@ -104,16 +104,19 @@ def prepare_shakespeare_cmd(
     epilog="Example:\n\n  gptkit prepare text notes/ book.txt --tokenizer gpt2 --out data/mine",
 )
 def prepare_text_cmd(
-    paths: list[Path] = typer.Argument(..., help="Text files or folders (searched recursively); one document per file."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Text files or folders (searched recursively); one document per file, or per row of a .jsonl / .parquet file."
+    ),
     tokenizer: str = typer.Option("char", "--tokenizer", "-t", help=TOKENIZER_HELP),
     out: Path = typer.Option(Path("data/text"), "--out", "-o", help="Data folder to write."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the text kept for validation (the end)."),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL / Parquet files: the field holding each row's text."),
     as_json: bool = typer.Option(False, "--json", help="Print the data folder's meta.json on stdout."),
 ) -> None:
     """Tokenize your own UTF-8 text files. Prints the data folder on stdout."""
     from gptkit.prepare import prepare_text
 
-    meta = prepare_text(paths, out, tokenizer, val_fraction, log=_log)
+    meta = prepare_text(paths, out, tokenizer, val_fraction, log=_log, text_field=text_field)
     _report_prepared(meta, out, as_json)
 
 

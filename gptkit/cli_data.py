@@ -55,6 +55,37 @@ def prepare_instructions_cmd(
     _report(meta, out, as_json)
 
 
+HF_EPILOG = (
+    "Examples:\n\n"
+    "  gptkit prepare hf HuggingFaceFW/fineweb-edu --name sample-10BT --max-documents 100000 --out data/fineweb\n\n"
+    "  gptkit prepare hf Skylion007/openwebtext --out data/owt\n\n"
+    "  gptkit prepare hf json --data-files corpus.jsonl --out data/local"
+)
+
+
+def prepare_hf_cmd(
+    dataset: str = typer.Argument(..., help="A Hugging Face dataset (owner/name), or a builder (json, parquet) with --data-files."),
+    name: Optional[str] = typer.Option(None, "--name", help="The dataset's configuration (e.g. sample-10BT)."),
+    split: str = typer.Option("train", "--split", help="The dataset split to read."),
+    text_field: str = typer.Option("text", "--text-field", help="The field holding each row's text."),
+    tokenizer: str = typer.Option("gpt2", "--tokenizer", "-t", help="gpt2, a checkpoint, a data folder, a HF GPT-2 folder, or char / bpe:N."),
+    out: Path = typer.Option(Path("data/hf"), "--out", "-o", help="Data folder to write."),
+    val_fraction: float = typer.Option(0.005, "--val-fraction", help="Share of the documents kept for validation (spread evenly)."),
+    max_documents: Optional[int] = typer.Option(None, "--max-documents", min=1, help="Stop after this many rows (a trial run)."),
+    data_files: list[str] = typer.Option([], "--data-files", help="Local files for a json/parquet/text builder (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the data folder's meta.json on stdout."),
+) -> None:
+    """Stream a Hugging Face dataset into token shards (needs the `datasets` extra). Flat memory."""
+    from gptkit.hf_datasets import prepare_hf
+
+    meta = prepare_hf(
+        dataset, out, tokenizer, name=name, split=split, text_field=text_field, val_fraction=val_fraction,
+        max_documents=max_documents, data_files=data_files or None, log=_log,
+    )
+    _report(meta, out, as_json)
+
+
 def register(prepare_app: typer.Typer) -> None:
     """Add this module's commands to the `prepare` group."""
     prepare_app.command("instructions", epilog=INSTRUCTIONS_EPILOG)(prepare_instructions_cmd)
+    prepare_app.command("hf", epilog=HF_EPILOG)(prepare_hf_cmd)
