@@ -31,7 +31,7 @@ else:  # pragma: no cover
 COMPONENT_CHOICES = {
     "position": ("learned", "rope"),
     "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "gelu_tanh", "relu2", "swiglu"),
+    "mlp": ("gelu", "relu2", "swiglu"),
 }
 
 
@@ -49,8 +49,11 @@ class ModelConfig:
     bias: bool = True  # GPT-2 has biases in Linear and LayerNorm; False is a little faster and as good
     position: str = "learned"  # learned | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's own, for imported weights) | relu2 | swiglu
+    mlp: str = "gelu"  # gelu | relu2 | swiglu
     tie_embeddings: bool = True  # output layer = token embedding matrix (transposed)
+    # mlp = gelu: "none" is the exact (erf) GELU; "tanh" the approximation GPT-2 was trained with, which
+    # imported GPT-2 weights (hf_import.py) need for their logits to match the original's
+    gelu_approximate: str = "none"
 
     @property
     def padded_vocab_size(self) -> int:
@@ -70,6 +73,8 @@ class ModelConfig:
         for name, choices in COMPONENT_CHOICES.items():
             if getattr(self, name) not in choices:
                 problems.append(f"model.{name} must be one of {', '.join(choices)} (got {getattr(self, name)!r})")
+        if self.gelu_approximate not in ("none", "tanh"):
+            problems.append(f"model.gelu_approximate must be none or tanh (got {self.gelu_approximate!r})")
         if self.position == "rope" and self.n_head >= 1 and (self.n_embd // self.n_head) % 2:
             problems.append("model.position = rope needs an even head size (n_embd / n_head)")
         return problems

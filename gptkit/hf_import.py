@@ -17,7 +17,7 @@ read with torch.load(weights_only=True): tensors only, no pickled code) and its 
 
 with two details: HF's Conv1D stores its weight as (in, out), nn.Linear as (out, in), so the matrices
 are transposed; and GPT-2's activation is the tanh approximation of GELU (`gelu_new`), so the model
-uses mlp = "gelu_tanh" (gptkit's "gelu" is the exact erf form, whose logits differ by ~1e-3).
+gets gelu_approximate = "tanh" (gptkit's default GELU is the exact erf form: logits would differ by ~1e-3).
 
 Hub names (gpt2, gpt2-medium, gpt2-large, gpt2-xl) are downloaded once through huggingface_hub (the
 optional extra `hf`: pip install 'gptkit[hf]') into GPTKIT_CACHE/hf (~/.cache/gptkit/hf); offline,
@@ -36,7 +36,7 @@ from gptkit.errors import GptkitError
 
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json"]
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # -> ModelConfig.gelu_approximate
 _RENAMES = {  # HF GPT-2 name (without "transformer.") -> gptkit name; {i} is the layer
     "wte.weight": "token_embedding.weight",
     "wpe.weight": "position_embedding.weight",
@@ -81,7 +81,7 @@ def hf_model_config(path: Path) -> ModelConfig:
     return ModelConfig(
         vocab_size=int(hf.get("vocab_size", 50257)), vocab_multiple=1, block_size=int(hf.get("n_positions", 1024)),
         n_layer=int(hf.get("n_layer", 12)), n_head=int(hf.get("n_head", 12)), n_embd=int(n_embd), dropout=0.0, bias=True,
-        position="learned", norm="layernorm", mlp=ACTIVATIONS[activation], tie_embeddings=True,
+        position="learned", norm="layernorm", mlp="gelu", gelu_approximate=ACTIVATIONS[activation], tie_embeddings=True,
     )
 
 

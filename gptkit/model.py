@@ -153,9 +153,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen, apply a nonlinearity, project back.
 
-    gelu    GPT-2's choice. The exact (erf) form: on CPU it is ~5x faster than the tanh approximation.
-    gelu_tanh  the tanh approximation GPT-2 was trained with (HF's gelu_new): for imported GPT-2 weights,
-            whose logits then match the original's (the two forms differ by up to ~1e-3 per unit).
+    gelu    GPT-2's choice. The exact (erf) form: on CPU it is ~5x faster than the tanh approximation,
+            which config.gelu_approximate = "tanh" selects (imported GPT-2 weights were trained with it).
     relu2   relu(x)^2, from the Primer architecture search; used by modded-nanogpt.
     swiglu  silu(x W1) * (x W2): a gated unit. The hidden width is 8/3 x instead of 4x so the
             parameter count stays that of the 4x MLP.
@@ -164,6 +163,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.kind = config.mlp
+        self.gelu_approximate = config.gelu_approximate
         if self.kind == "swiglu":
             hidden = 32 * math.ceil(8 * config.n_embd / 3 / 32)  # a multiple of 32 for fast matmuls
             self.fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # both halves in one matmul
@@ -182,7 +182,7 @@ class MLP(nn.Module):
         elif self.kind == "relu2":
             h = F.relu(h).square()
         else:
-            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
+            h = F.gelu(h, approximate=self.gelu_approximate)
         return self.dropout(self.proj(h))
 
 

@@ -78,7 +78,7 @@ def test_imported_logits_and_greedy_tokens_match(hf_folder, tmp_path, layout):
     folder, hf_model, tok = hf_folder
     source = folder if layout == "safetensors" else bin_folder(tmp_path, hf_folder)
     config, state, spec = load_init_weights(source)
-    assert config.mlp == "gelu_tanh" and config.position == "learned" and config.block_size == 64
+    assert config.mlp == "gelu" and config.gelu_approximate == "tanh" and config.position == "learned" and config.block_size == 64
     model = GPT(config).eval()
     model.load_state_dict(state, strict=True)
     ids = torch.tensor([tok.encode(MIXED).ids[:40]])
