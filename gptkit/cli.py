@@ -66,7 +66,7 @@ def _root(
 TOKENIZER_HELP = (
     "char (the corpus's characters; char:unk adds <unk>), bpe:N (gptkit's byte-level BPE with N ids), "
     "sp-bpe:N or sp-unigram:N (SentencePiece), a tiktoken encoding (gpt2, cl100k_base, o200k_base), or a PATH: "
-    "a saved tokenizer, a data folder or a checkpoint whose tokenizer to reuse."
+    "a saved tokenizer, a data folder, a checkpoint or a Hugging Face GPT-2 folder whose tokenizer to reuse."
 )
 
 

@@ -47,14 +47,19 @@ def hf_folder(tmp_path_factory):
     return folder, model, tok
 
 
-def bin_folder(tmp_path, hf_folder):
-    """The same model with its weights as pytorch_model.bin (no safetensors)."""
+def bin_folder(tmp_path, hf_folder, hub_names: bool = False):
+    """The same model with its weights as pytorch_model.bin (no safetensors). hub_names: the tensor
+    names of the hub's original gpt2 files (no "transformer." prefix, causal-mask buffers included)."""
     folder, model, _ = hf_folder
     other = tmp_path / "bin"
     other.mkdir()
     for name in ("config.json", "vocab.json", "merges.txt"):
         (other / name).write_bytes((folder / name).read_bytes())
-    torch.save(model.state_dict(), other / "pytorch_model.bin")
+    state = model.state_dict()
+    if hub_names:
+        state = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+        state.update({f"h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 64, 64)) for i in range(2)})
+    torch.save(state, other / "pytorch_model.bin")
     return other
 
 
@@ -71,12 +76,12 @@ def test_token_ids_match_the_folders_tokenizer(hf_folder, tmp_path):
     assert rebuilt.encode(MIXED) == tok.encode(MIXED).ids
 
 
-@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "bin-hub-names"])
 def test_imported_logits_and_greedy_tokens_match(hf_folder, tmp_path, layout):
     from gptkit.model import GPT
 
     folder, hf_model, tok = hf_folder
-    source = folder if layout == "safetensors" else bin_folder(tmp_path, hf_folder)
+    source = folder if layout == "safetensors" else bin_folder(tmp_path, hf_folder, hub_names=layout == "bin-hub-names")
     config, state, spec = load_init_weights(source)
     assert config.mlp == "gelu" and config.gelu_approximate == "tanh" and config.position == "learned" and config.block_size == 64
     model = GPT(config).eval()
@@ -119,6 +124,24 @@ def test_prepare_text_accepts_a_hf_folder_as_tokenizer(hf_folder, tmp_path):
     meta = prepare_text([tmp_path / "a.txt"], tmp_path / "data", str(folder), val_fraction=0.0, workers=1)
     assert meta["tokenizer"]["kind"] == "hf-bpe"
     assert Split.open(tmp_path / "data", "train").shards[0].tolist() == tok.encode(MIXED * 3).ids
+
+
+def test_tokenize_encode_accepts_a_hf_folder(hf_folder):
+    import io
+
+    from gptkit.tokenization import encode_stream
+
+    folder, _, tok = hf_folder
+    sink = io.BytesIO()
+    encode_stream(str(folder), io.BytesIO("Ação 🙂 東京\n".encode()), sink, "lines", ())
+    assert [int(i) for i in sink.getvalue().split()] == tok.encode("Ação 🙂 東京\n").ids
+
+
+def test_a_pickled_object_in_pytorch_model_bin_is_refused(hf_folder, tmp_path):
+    other = bin_folder(tmp_path, hf_folder)
+    torch.save({"weights": object()}, other / "pytorch_model.bin")  # needs real unpickling: refused
+    with pytest.raises(GptkitError, match="cannot be read as plain tensors"):
+        load_init_weights(other)
 
 
 def test_other_tokenizer_kinds_are_refused(tmp_path):
