@@ -147,8 +147,14 @@ def encode_example(tokenizer: Tokenizer, template: dict, messages: list[dict]) -
 
 
 def _default_block_size(tokenizer_ref: str) -> int:
-    """A checkpoint's context length when --tokenizer is one (its examples must fit that model), else 1024."""
+    """The model's context length when --tokenizer is a checkpoint or a Hugging Face GPT-2 folder (its
+    examples must fit that model), else 1024."""
     path = Path(tokenizer_ref)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "ckpt.safetensors").exists():
+        try:
+            return int(json.loads((path / "config.json").read_text(encoding="utf-8")).get("n_positions", DEFAULT_BLOCK_SIZE))
+        except (ValueError, TypeError, UnicodeDecodeError):
+            return DEFAULT_BLOCK_SIZE
     candidate = path / "ckpt.safetensors" if path.is_dir() else path
     if candidate.suffix == ".safetensors" and candidate.is_file():
         from gptkit.checkpoint_format import read_checkpoint_header

@@ -180,3 +180,16 @@ def test_a_hub_name_offline_names_the_cache(monkeypatch, tmp_path):
 def test_an_unknown_reference_is_refused(tmp_path):
     with pytest.raises(GptkitError, match="not a hub model"):
         load_init_weights(tmp_path / "nothing")
+
+
+def test_prepare_instructions_with_a_hf_folder_fits_its_context(hf_folder, tmp_path):
+    from gptkit.instruction_data import InstructionSplit
+    from gptkit.instructions import prepare_instructions
+
+    folder, _, tok = hf_folder
+    (tmp_path / "ex.jsonl").write_text(json.dumps({"prompt": "Ação?", "completion": "Sim 🙂"}) + "\n", encoding="utf-8")
+    meta = prepare_instructions(tmp_path / "ex.jsonl", tmp_path / "data", str(folder), val_fraction=0.0)
+    assert meta["block_size"] == 64 and meta["tokenizer"]["kind"] == "hf-bpe"
+    x, y = InstructionSplit.open(tmp_path / "data", "train").rows([0], 64)
+    completion = tok.encode("Sim 🙂\n").ids + [tok.token_to_id("<|endoftext|>")]
+    assert [t for t in y[0].tolist() if t != -100] == completion
