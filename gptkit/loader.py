@@ -23,7 +23,8 @@ run reproduce a 1-process run and a checkpoint resumable with any number of proc
 
     loader = make_loader("epoch", split, batch_size=12, block_size=64, seed=1337)
     x, y = loader.next_batch()            # (12, 64) int64 tensors on the CPU
-    loader.save_state(rng, extra)         # into the resume file's RNG tensors / JSON (see train.py)
+    position = loader.state_dict()        # where it is: part of the resume state (train_state.py)
+    loader.load_state_dict(position)
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ SAMPLERS = ("random", "epoch", "documents")
 
 def _windows(split: Split, shard_ids: np.ndarray, offsets: np.ndarray, block_size: int, pin: bool):
     """Read the windows tokens[o : o + T + 1] of the given shards into x (B, T) and y (B, T)."""
-    rows = [split.shards[s][o : o + block_size + 1] for s, o in zip(shard_ids, offsets)]
-    windows = torch.from_numpy(np.stack(rows).astype(np.int64))
+    rows = np.stack([split.shards[s][o : o + block_size + 1] for s, o in zip(shard_ids, offsets)])
+    split.check_ids(rows, shard_ids, offsets)  # a damaged shard stops here, named, before any step uses it
+    windows = torch.from_numpy(rows.astype(np.int64))
     x, y = windows[:, :-1], windows[:, 1:]
     if pin:  # page-locked (and contiguous) memory: the copy to the GPU then runs asynchronously (non_blocking=True)
         x, y = x.contiguous().pin_memory(), y.contiguous().pin_memory()
@@ -66,13 +68,13 @@ class RandomBatches:
         offsets = picks - (self.cumulative[shard_ids] - self.starts_per_shard[shard_ids])
         return _windows(self.split, shard_ids, offsets, self.block_size, self.pin_memory)
 
-    # The generator's state is the sampler's whole position; it is the resume file's "batches" RNG.
-    def save_state(self, rng: dict, extra: dict) -> None:
-        rng["batches"] = self.generator.get_state()
+    # The generator's state is the sampler's whole position (on disk, the resume file's "batches" RNG).
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
 
-    def load_state(self, rng: dict, extra: dict) -> None:
-        if "batches" in rng:
-            self.generator.set_state(rng["batches"])
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:  # absent when the run was started with an epoch sampler
+            self.generator.set_state(state["generator"])
 
 
 class EpochBatches:
@@ -159,13 +161,12 @@ class EpochBatches:
         shard_ids = np.searchsorted(self.shard_begin, starts, side="right") - 1
         return _windows(self.split, shard_ids, starts - self.shard_begin[shard_ids], self.block_size, self.pin_memory)
 
-    # The position is two integers; they go into the resume file's JSON.
-    def save_state(self, rng: dict, extra: dict) -> None:
-        extra["loader"] = {"epoch": self.epoch, "position": self.position}
+    # The position is two integers (on disk, the resume file's JSON "loader").
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
 
-    def load_state(self, rng: dict, extra: dict) -> None:
-        state = extra.get("loader")
-        if state:  # absent when the run was started with the random sampler: start at the beginning
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:  # absent when the run was started with the random sampler: start at the beginning
             self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 

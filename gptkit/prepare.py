@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from gptkit.errors import GptkitError, Problems, UsageError
+from gptkit.folder_lock import FolderLock, sibling_lock_path
 from gptkit.shards import SPLITS, ShardWriter, token_dtype_for, write_meta
 from gptkit.records import DEFAULT_TEXT_FIELD, is_record_file, iter_record_texts, scan_record_file
 from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_blocks, read_text_file
@@ -179,14 +180,17 @@ def _refuse_foreign_files(out: Path) -> None:
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A fresh temporary folder beside `out`, swapped in by _finish: a half-prepared folder never
-    looks complete, and a failure leaves the old one untouched."""
+    looks complete, and a failure leaves the old one untouched. One prepare at a time per folder: the
+    lock beside it (folder_lock.py) refuses a second one before it touches the first one's staging."""
     staging = out.with_name(f".{out.name}.preparing")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    finally:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FolderLock(sibling_lock_path(out), out, "data folder"):
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _split_info(writer: ShardWriter, num_bytes: int, log: Callable[[str], None]) -> dict:

@@ -1,7 +1,7 @@
 """`gptkit prepare instructions` and `gptkit prepare hf`: the data commands beyond plain text files.
 
-Registered on cli.py's `prepare` group; each parses options, calls one library function and prints
-the data folder on stdout (its meta.json with --json), like the other `prepare` commands.
+Registered on cli/prepare.py's `prepare` group; each parses options, calls one library function and
+prints the data folder on stdout (its meta.json with --json), like the other `prepare` commands.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from gptkit.console import emit_json as _emit_json, log as _log
+from gptkit.cli.prepare import _report_prepared as _report, prepare_app
+from gptkit.console import log as _log
 
 INSTRUCTIONS_EPILOG = (
     "Examples:\n\n"
@@ -21,13 +22,7 @@ INSTRUCTIONS_EPILOG = (
 )
 
 
-def _report(meta: dict, out: Path, as_json: bool) -> None:
-    if as_json:
-        _emit_json({"data": str(out), **meta})
-    else:
-        print(out)
-
-
+@prepare_app.command("instructions", epilog=INSTRUCTIONS_EPILOG)
 def prepare_instructions_cmd(
     jsonl: Path = typer.Argument(..., help="A JSONL file: one example per line (see the layouts below)."),
     tokenizer: str = typer.Option(
@@ -63,6 +58,7 @@ HF_EPILOG = (
 )
 
 
+@prepare_app.command("hf", epilog=HF_EPILOG)
 def prepare_hf_cmd(
     dataset: str = typer.Argument(..., help="A Hugging Face dataset (owner/name), or a builder (json, parquet) with --data-files."),
     name: Optional[str] = typer.Option(None, "--name", help="The dataset's configuration (e.g. sample-10BT)."),
@@ -84,8 +80,3 @@ def prepare_hf_cmd(
     )
     _report(meta, out, as_json)
 
-
-def register(prepare_app: typer.Typer) -> None:
-    """Add this module's commands to the `prepare` group."""
-    prepare_app.command("instructions", epilog=INSTRUCTIONS_EPILOG)(prepare_instructions_cmd)
-    prepare_app.command("hf", epilog=HF_EPILOG)(prepare_hf_cmd)
