@@ -86,8 +86,9 @@ class ModelConfig:
     # "tanh": the approximation GPT-2 was trained with; imported GPT-2 weights (hf_import.py) need it
     # for their logits to match the original's. "none" is the exact (erf) form, faster on CPU.
     gelu_approximate: str = option(
-        "none", "The GELU of mlp = gelu: none (exact) or tanh (GPT-2's own).", choices=("none", "tanh"), panel=MODEL
-    )
+        "none", "The GELU of mlp = gelu: none (exact) or tanh (GPT-2's own).", choices=("none", "tanh"), derived=True,
+        panel=MODEL,
+    )  # derived: set by the import (from the weights' own config), not a command-line option
 
     @property
     def padded_vocab_size(self) -> int:
