@@ -195,6 +195,20 @@ def load_init_weights(ref: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
     )
 
 
+def load_init_checkpoint(ref: str | Path):
+    """load_init_weights as a checkpoint.Checkpoint (step 0, its checksum computed): what train(init_from=)
+    starts from, so a Hugging Face folder or hub name works wherever a gptkit checkpoint does."""
+    from gptkit.checkpoint import Checkpoint, load_checkpoint, weights_checksum
+    from gptkit.checkpoint_format import CKPT_NAME
+
+    path = Path(ref)
+    hf_folder = is_hf_model_folder(path) and not (path / CKPT_NAME).exists()
+    if not hf_folder and not (str(ref) in HUB_MODELS and not path.exists()):
+        return load_checkpoint(path / CKPT_NAME if path.is_dir() else path)  # a gptkit checkpoint (its own errors)
+    config, state, spec = load_init_weights(ref)
+    return Checkpoint(config, spec, state, step=0, train_config={"init_from": str(ref)}, checksum="sha256:" + weights_checksum(state))
+
+
 def convert(ref: str | Path, out_dir: str | Path) -> Path:
     """Write `ref` (as load_init_weights reads it) as out_dir/ckpt.safetensors; returns that path."""
     from gptkit.checkpoint import save_checkpoint

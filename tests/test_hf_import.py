@@ -193,3 +193,23 @@ def test_prepare_instructions_with_a_hf_folder_fits_its_context(hf_folder, tmp_p
     x, y = InstructionSplit.open(tmp_path / "data", "train").rows([0], 64)
     completion = tok.encode("Sim 🙂\n").ids + [tok.token_to_id("<|endoftext|>")]
     assert [t for t in y[0].tolist() if t != -100] == completion
+
+
+def test_train_init_from_a_hf_folder(hf_folder, tmp_path):
+    """train(init_from=FOLDER) runs from the imported weights; its checkpoint keeps their tokenizer and tanh GELU."""
+    from gptkit.config import TrainConfig
+    from gptkit.prepare import prepare_text
+    from gptkit.train import train
+
+    folder, hf_model, tok = hf_folder
+    (tmp_path / "a.txt").write_text(MIXED * 40, encoding="utf-8")
+    prepare_text([tmp_path / "a.txt"], tmp_path / "data", str(folder), workers=1)
+    config, _, _ = load_init_weights(folder)
+    cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), device="cpu", dtype="float32", max_iters=2,
+                      batch_size=2, eval_interval=1, eval_iters=1, log_interval=1, warmup_iters=1, learning_rate=1e-4, min_lr=1e-5)
+    from gptkit.checkpoint import load_checkpoint
+
+    result = train(config, cfg, init_from=str(folder))
+    ckpt = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
+    assert ckpt.tokenizer_spec["kind"] == "hf-bpe" and ckpt.model_config.gelu_approximate == "tanh"
+    assert result is not None
