@@ -217,13 +217,15 @@ class MLP(nn.Module):
 
 
 class GeluMLP(MLP):
-    """GPT-2's MLP: 4x wide, GELU. The exact (erf) form: on CPU ~5x faster than the tanh approximation."""
+    """GPT-2's MLP: 4x wide, GELU. The exact (erf) form: on CPU ~5x faster than the tanh approximation,
+    which config.gelu_approximate = "tanh" selects (GPT-2's own: imported GPT-2 weights need it)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config, hidden=4 * config.n_embd, fc_width=4 * config.n_embd)
+        self.approximate = config.gelu_approximate  # "none" | "tanh"
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
-        return F.gelu(h)  # (B, T, 4C)
+        return F.gelu(h, approximate=self.approximate)  # (B, T, 4C)
 
 
 class Relu2MLP(MLP):
