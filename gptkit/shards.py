@@ -237,8 +237,10 @@ def write_meta(
     eot_id: int | None,
     splits: dict,
     source: dict,
+    extra: dict | None = None,
 ) -> dict:
-    """Write meta.json. `splits` maps split name -> {"tokens", "bytes", "shards": [file names]}."""
+    """Write meta.json. `splits` maps split name -> {"tokens", "bytes", "shards": [file names]}; `extra`
+    adds fields of a special kind of data (instruction data's "kind", "template", ...: instructions.py)."""
     meta = {
         "format": META_FORMAT,
         "format_version": META_VERSION,
@@ -249,6 +251,7 @@ def write_meta(
         "token_dtype": token_dtype_for(vocab_size).name,
         "splits": splits,
         "source": source,
+        **(extra or {}),
     }
     atomic_write_json(Path(data_dir) / "meta.json", meta)
     return meta
