@@ -57,15 +57,16 @@ def check_tokenizer(base: Checkpoint, meta: dict, data: str | Path, ckpt: str | 
 
 
 def batch_source(meta: dict, data: str | Path) -> str:
-    """The seam where a data folder's kind (meta.json "kind") picks how fine-tuning reads it. "text"
-    (and folders from before kinds): windows of the token stream, train()'s --sampler, as pretraining
-    does. Other kinds (prepared instruction data, with masked targets) plug in here."""
+    """Which kind of data a folder holds (meta.json "kind"), refusing kinds fine-tuning cannot read.
+    "text" (and folders from before kinds): windows of the token stream, as pretraining reads them;
+    "instructions": one example per row, prompt targets masked (-100). train.train_batches builds
+    the batch source for either."""
     kind = meta.get("kind", "text")
-    if kind == "text":
-        return "text"
+    if kind in ("text", "instructions"):
+        return kind
     raise GptkitError(
         f"{data} holds data of kind {kind!r}, which this gptkit cannot fine-tune on",
-        hint="prepare the data with `gptkit prepare text`, or use a gptkit that knows this kind",
+        hint="prepare the data with `gptkit prepare text` or `gptkit prepare instructions`",
     )
 
 

@@ -25,6 +25,7 @@ from gptkit.checkpoint import Checkpoint
 from gptkit.config import TrainConfig, config_problems
 from gptkit.devices import Runtime, resolve_runtime
 from gptkit.errors import GptkitError, Problems, UsageError
+from gptkit.instruction_data import InstructionSplit, is_instruction_data
 from gptkit.hf_import import load_init_checkpoint
 from gptkit.model import ModelConfig
 from gptkit.run_folder import ResumePoint, find_resume_point, holds_run, load_resume_point
@@ -103,9 +104,15 @@ def plan_run(
     elif meta is not None:
         model_config = replace(model_config, vocab_size=meta["vocab_size"])
     if model_config.block_size >= 1:
-        for split in splits.values():
+        for name, split in splits.items():
             with problems.check():
-                split.check_fits(model_config.block_size)
+                if is_instruction_data(meta):  # rows of whole examples: each must fit the context
+                    examples = InstructionSplit.open(cfg.data, name, meta)
+                    if len(examples) == 0:
+                        raise GptkitError(f"the {name} split of {cfg.data} has no examples", hint="use more examples or another --val-fraction")
+                    examples.check_fits(model_config.block_size)
+                else:  # windows of a token stream: a shard must be longer than the context
+                    split.check_fits(model_config.block_size)
     if cfg.tensorboard:
         from gptkit.monitor import require_tensorboard
 

@@ -51,6 +51,7 @@ from gptkit.checkpoint import Checkpoint
 from gptkit.errors import UsageError
 from gptkit.fileio import atomic_write_text
 from gptkit.fit import TrainingInterrupted, fit
+from gptkit.instruction_data import InstructionBatches, InstructionSplit, is_instruction_data
 from gptkit.loader import RandomBatches, make_loader
 from gptkit.loss_guard import LossGuard
 from gptkit.model import GPT, ModelConfig
@@ -107,16 +108,44 @@ class TrainResult:
     out: Path
 
 
-def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx) -> Callable[[], list]:
+def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx, meta: dict | None = None) -> Callable[[], list]:
     """The `eval_iters` batches of a split that every evaluation measures: the same each time (a fixed
     seed), so successive losses differ because the model changed, not the data. Under torchrun each
-    rank takes its slice of every batch."""
+    rank takes its slice of every batch. Instruction data: rows of examples, prompts masked."""
 
     def batches():
-        source = RandomBatches(split, cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
+        if meta is not None and is_instruction_data(meta):
+            source = InstructionLoader(InstructionSplit.open(cfg.data, split.name, meta), cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
+        else:
+            source = RandomBatches(split, cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
         return (source.next_batch() for _ in range(cfg.eval_iters))
 
     return batches
+
+
+class InstructionLoader(InstructionBatches):
+    """instruction_data.InstructionBatches with the loaders' state_dict interface (TrainState's)."""
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def train_batches(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime):
+    """The training batch source, picked by the data folder's kind (meta.json): windows of a token
+    stream for text (cfg.sampler), one example per row with prompt targets masked for instructions."""
+    pin = runtime.device.type == "cuda"
+    block_size = plan.model_config.block_size
+    if is_instruction_data(plan.meta):
+        split = InstructionSplit.open(cfg.data, "train", plan.meta)
+        return InstructionLoader(split, cfg.batch_size, block_size, cfg.seed, ctx.rank, ctx.world_size, pin)
+    return make_loader(
+        cfg.sampler, plan.splits["train"], cfg.batch_size, block_size, cfg.seed,
+        ctx.rank, ctx.world_size, pin_memory=pin, eot_id=plan.meta.get("eot_id"),
+    )
 
 
 def build_state(
@@ -135,10 +164,7 @@ def build_state(
     if plan.checkpoint is not None:
         (weights or RunWeights()).resume(model, plan.checkpoint)
     wrapped = distributed.wrap_model(model, ctx, cfg.parallel, runtime.dtype)  # `model` itself on one process
-    loader = make_loader(
-        cfg.sampler, plan.splits["train"], cfg.batch_size, plan.model_config.block_size, cfg.seed,
-        ctx.rank, ctx.world_size, pin_memory=runtime.device.type == "cuda", eot_id=plan.meta.get("eot_id"),
-    )
+    loader = train_batches(plan, cfg, ctx, runtime)
     state = TrainState(
         model,
         make_optimizer(model, cfg, runtime.device),
@@ -248,7 +274,7 @@ def _train(
     try:
         result = fit(
             state, model, cfg,
-            eval_batches={name: eval_batches(plan.splits[name], cfg, model_config.block_size, ctx) for name in ("train", "val")},
+            eval_batches={name: eval_batches(plan.splits[name], cfg, model_config.block_size, ctx, plan.meta) for name in ("train", "val")},
             write=write, out=out, monitor=monitor, log=log, tokens_per_step=tokens_per_step,
             peak_flops=peak * ctx.world_size if peak else None,  # all the GPUs together
             last_saved=state.step if resumed else None,

@@ -296,3 +296,23 @@ def test_lora_on_two_processes_matches_one(tmp_path, tiny_run, parallel):
     assert run.stdout.strip() == str(tmp_path / "double" / "ckpt.safetensors")
     assert_same_weights(single.out / "adapter.safetensors", tmp_path / "double" / "adapter.safetensors")
     assert_same_weights(single.out / "ckpt.safetensors", tmp_path / "double" / "ckpt.safetensors")
+
+
+def test_lora_on_instruction_data_trains_on_completions_and_resumes_bitwise(tmp_path, tiny_run):
+    from gptkit.instructions import prepare_instructions
+
+    words = "the a art my and say you now".split()
+    examples = [{"prompt": a, "completion": b} for a in words for b in words]  # "say you\nnow.\n"
+    src = tmp_path / "ex.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    template = {"system": "{content}\n", "user": "say {content}\n", "assistant": "{content}.\n"}
+    meta = prepare_instructions(src, tmp_path / "tasks", str(tiny_run.ckpt), template, val_fraction=0.1)
+    assert meta["kind"] == "instructions" and all(info["examples"] for info in meta["splits"].values()), meta
+    lora = {"lora_rank": 4}
+    settings = dict(data=str(tmp_path / "tasks"), learning_rate=1e-2)
+    one_go = finetune(tiny_run.ckpt, *configs(tiny_run, tmp_path / "one", lora, **settings))
+    assert one_go.val_loss is not None and one_go.val_loss < load_checkpoint(tiny_run.ckpt).val_loss + 5
+    finetune(tiny_run.ckpt, *configs(tiny_run, tmp_path / "two", lora, **settings, max_iters=4))
+    resumed = finetune(tiny_run.ckpt, *configs(tiny_run, tmp_path / "two", lora, **settings), resume=True)
+    assert load_checkpoint(resumed.out / "adapter.safetensors").checksum == load_checkpoint(one_go.out / "adapter.safetensors").checksum
+    assert [r for r in metrics(resumed.out) if r.get("event") != "resumed"] == metrics(one_go.out)
