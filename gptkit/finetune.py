@@ -31,6 +31,7 @@ from gptkit.checkpoint_format import MODEL
 from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_link, atomic_write_text
+from gptkit.hf_import import load_init_checkpoint
 from gptkit.finetune_config import FinetuneConfig, check_configs, finetune_toml
 from gptkit.lora import apply_lora, freeze, lora_state_dict, merge_lora, parse_targets
 from gptkit.monitor import Monitor
@@ -129,13 +130,14 @@ def finetune(
     resume_from: int | None = None,
     monitor: Monitor | None = None,
 ) -> TrainResult:
-    """Fine-tune the model of checkpoint `ckpt` on the data folder cfg.data into the run folder cfg.out
+    """Fine-tune the model of `ckpt` (a checkpoint, a run folder, or what hf_import reads: a Hugging
+    Face GPT-2 folder or hub name) on the data folder cfg.data into the run folder cfg.out
     (see the module docstring). Raises GptkitError before starting when the checkpoint is not a full
     model, the data's tokenizer is not the model's, or a resume names another base than the run's."""
     check_configs(ft, cfg)
     if ft.lora:
         parse_targets(ft.lora_targets)  # before train() touches the run folder
-    base = load_checkpoint(ckpt)
+    base = load_init_checkpoint(ckpt)  # a gptkit checkpoint or run folder, or Hugging Face GPT-2 weights
     if base.kind != MODEL:
         raise GptkitError(f"{ckpt} is an {base.kind}, not a full model", hint="fine-tune from a full model's checkpoint")
     meta = read_meta(cfg.data)

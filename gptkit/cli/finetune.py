@@ -30,7 +30,10 @@ from gptkit.options import given_settings, with_config_options
 )
 @with_config_options(classes=CLASSES, shown_defaults=SHOWN_DEFAULTS)
 def finetune(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint of the model to fine-tune (on --resume: the run's)."),
+    ckpt: Optional[Path] = typer.Option(
+        None, "--ckpt", "--init-from", help="The model to fine-tune: a checkpoint, a run folder, a Hugging Face GPT-2 folder "
+        "or hub name (on --resume: the run's).",
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[finetune] and \\[train] tables."),
     resume: bool = typer.Option(False, "--resume", help="Continue the fine-tuning run saved in --out from its newest saved step."),
     resume_from: Optional[int] = typer.Option(None, "--resume-from", help="Continue the run in --out from this saved step.", metavar="STEP"),
