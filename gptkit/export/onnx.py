@@ -147,16 +147,17 @@ def export_onnx(source: ExportSource, out: Path, kv_cache: bool = True) -> Path:
     return out
 
 
-def onnx_greedy(path: str | Path, prompt_ids: list[int], max_new_tokens: int, kv_cache: bool = True) -> list[int]:
+def onnx_greedy(graph, prompt_ids: list[int], max_new_tokens: int, kv_cache: bool = True) -> list[int]:
     """Greedy decoding through onnxruntime: the loop a user of the exported graphs writes.
 
     With the cache graph (kv_path of the plain one), the prompt goes in once with an empty cache
     (P = 0), then each step feeds one token and the cache the previous step returned. Without it, every
-    step re-reads the whole sequence. Stays within the model's context (no sliding window)."""
+    step re-reads the whole sequence. Stays within the model's context (no sliding window).
+    `graph`: a path, or an onnxruntime.InferenceSession already open."""
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = graph if isinstance(graph, ort.InferenceSession) else ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     tokens = list(prompt_ids)
     if not kv_cache:
         for _ in range(max_new_tokens):
