@@ -6,8 +6,12 @@
 
 Each runtime decodes --tokens tokens greedily after a short prompt, on one thread (the machine's other
 cores stay out of it, so the figures compare the runtimes, not the thread pools). One warm-up run, then the
-best of --repeats. The three decoders must produce the same tokens; the script says so. Prints a markdown
-table (docs/export.md quotes it). With llama-cpp-python installed, the GGUF export is timed too.
+best of --repeats. The decoders must produce the same tokens; the script says so. With llama-cpp-python
+installed, the GGUF export is timed too.
+
+Before the speed table, a parity table: the largest |logit difference| from gptkit over one window of
+block_size tokens, for each runtime that loads an export (transformers, onnxruntime, llama.cpp).
+docs/export.md quotes both tables.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
 
         runs["llama.cpp (GGUF float32)"] = llama_cpp_greedy
 
+    print_parity(model, folder, ckpt, onnx_file, llama_cpp)
     results = {name: best_time(run, args.repeats) for name, run in runs.items()}
     reference = results["gptkit (torch, KV cache)"][1]
     c = model.config
@@ -124,6 +129,43 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---|")
     for name, (seconds, tokens) in results.items():
         print(f"| {name} | {n / seconds:,.0f} | {1000 * seconds / n:.2f} | {'yes' if tokens == reference else 'NO'} |")
+
+
+def print_parity(model, folder: Path, ckpt: Path, onnx_file: Path, llama_cpp) -> None:
+    """Max |logit difference| from gptkit over one full window, per runtime."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from gptkit.export import export
+
+    c = model.config
+    ids = torch.randint(0, c.vocab_size, (1, c.block_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.unpadded(model(ids)[0])[0].numpy()
+    rows = {}
+    try:
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(export(ckpt, "hf", folder / "hf")).eval()
+        with torch.no_grad():
+            rows["transformers (hf, float32)"] = hf(ids).logits[0].numpy()
+    except ImportError:
+        print("transformers is not installed: no transformers row", file=sys.stderr)
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    rows["onnxruntime (onnx)"] = session.run(["logits"], {"input_ids": ids.numpy()})[0][0]
+    if llama_cpp is not None and (folder / "model.gguf").is_file():
+        for dtype in ("float32", "float16"):
+            path = export(ckpt, "gguf", folder / f"model-{dtype}.gguf", dtype=dtype)
+            llama = llama_cpp.Llama(model_path=str(path), n_ctx=c.block_size, n_batch=c.block_size, logits_all=True,
+                                    n_threads=1, verbose=False)
+            llama.eval(ids[0].tolist())
+            rows[f"llama.cpp (gguf, {dtype})"] = np.asarray(llama.scores[: c.block_size])
+    print(f"\nparity over {c.block_size} positions (gptkit float32 is the reference)\n")
+    print("| runtime | max abs logit difference | same argmax at every position |")
+    print("|---|---:|---|")
+    for name, got in rows.items():
+        same = bool((got.argmax(-1) == want.argmax(-1)).all())
+        print(f"| {name} | {np.abs(got - want).max():.2e} | {'yes' if same else 'no'} |")
 
 
 if __name__ == "__main__":

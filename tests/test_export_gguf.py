@@ -126,14 +126,14 @@ def test_the_pre_tokenizer_name_follows_the_split_pattern(tmp_path, make, pre):
     assert field(reader, "tokenizer.ggml.pre") == pre
 
 
-@pytest.mark.parametrize("kind", ["char", "sp-bpe", "custom-pattern"])
+@pytest.mark.parametrize("kind", ["char", "sp-unigram", "custom-pattern"])
 def test_tokenizers_llama_cpp_cannot_run_are_refused(tmp_path, kind):
     from gptkit.tokenizers import BPETokenizer, CharTokenizer
     from tokenizer_fixtures import run_gptkit, small_sentencepiece
 
     tok = {
         "char": lambda: CharTokenizer.train("abc"),
-        "sp-bpe": lambda: small_sentencepiece("bpe"),
+        "sp-unigram": lambda: small_sentencepiece("unigram"),
         "custom-pattern": lambda: BPETokenizer.train("some text " * 50, 300, pattern=r"\S+|\s+"),
     }[kind]()
     ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", tok, **CASES["gpt2-bias-tied"])
@@ -142,6 +142,20 @@ def test_tokenizers_llama_cpp_cannot_run_are_refused(tmp_path, kind):
     assert result.returncode == 1 and "Traceback" not in message
     assert ("byte-level BPE" in message) if kind != "custom-pattern" else ("split regex" in message), message
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_sentencepiece_bpe_goes_in_as_llama_cpps_sentencepiece_model(tmp_path):
+    from tokenizer_fixtures import small_sentencepiece
+
+    tok = small_sentencepiece("bpe")
+    ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", tok, **CASES["llama-untied"])
+    reader = gguf.GGUFReader(str(export(ckpt, "gguf", tmp_path / "model.gguf")))
+    assert field(reader, "tokenizer.ggml.model") == "llama"
+    assert field(reader, "tokenizer.ggml.tokens") == [tok.piece(i) for i in range(tok.vocab_size)]
+    assert field(reader, "tokenizer.ggml.scores") == pytest.approx([tok.sp.get_score(i) for i in range(tok.vocab_size)])
+    types = field(reader, "tokenizer.ggml.token_type")
+    assert types[tok.sp.piece_to_id("<0x0A>")] == 6 and types[tok.eot_id] == 3 and types[0] == 2  # byte, control, unknown
+    assert field(reader, "tokenizer.ggml.add_space_prefix") is False or field(reader, "tokenizer.ggml.add_space_prefix") == 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,10 +212,13 @@ def test_llama_cpp_logits_are_gptkits(tmp_path, tokenizer, case):
     assert drift < (1e-4 if case.startswith("llama") else 5e-2), drift
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o", "sp-bpe"])
 def test_llama_cpp_tokenizes_like_gptkit(tmp_path, pattern):
-    """The pre-tokenizer name and merges reproduce gptkit's ids in llama.cpp's own tokenizer."""
-    tok = small_bpe(pattern)
+    """The pre-tokenizer name and merges (or SentencePiece's scores) give gptkit's ids in llama.cpp's own
+    tokenizer."""
+    from tokenizer_fixtures import small_sentencepiece
+
+    tok = small_sentencepiece("bpe") if pattern == "sp-bpe" else small_bpe(pattern)
     ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", tok, **CASES["llama-untied"])
     llama = load_llama(export(ckpt, "gguf", tmp_path / "model.gguf"))
     text = shakespeare()[600_000:603_000] + PORTUGUESE + EMOJI + CJK + "line one\r\nline two\r\n\r\n  end it's 12345"

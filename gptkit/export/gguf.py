@@ -18,11 +18,14 @@ Layout notes (llama.cpp's loader, src/models/{gpt2,llama}.cpp):
   * llama.cpp's GELU is the tanh approximation, gptkit's the exact erf form: a GPT-2-family model drifts
     slightly (docs/export.md measures it).
 
-The tokenizer goes in as llama.cpp's byte-level BPE ("gpt2" model): tokens in GPT-2's byte-to-unicode
-form, the merges (tokenizer_files.byte_level_vocab_and_merges), token types, bos/eos ids (llama.cpp
-defaults both to id 11 when absent), and the *name* of the split regex (llama.cpp has the regexes built in:
-`tokenizer.ggml.pre`). A tokenizer with no byte-level BPE form (char, SentencePiece) or a split regex
-llama.cpp does not know is refused.
+The tokenizer, with bos/eos ids (llama.cpp defaults both to id 11 when absent) and no BOS added:
+  * byte-level BPE (gptkit's bpe, tiktoken) as llama.cpp's "gpt2" model: tokens in GPT-2's byte-to-unicode
+    form, the merges (tokenizer_files.byte_level_vocab_and_merges), token types, and the *name* of the split
+    regex (`tokenizer.ggml.pre`: llama.cpp has the regexes built in; an unknown one is refused);
+  * SentencePiece BPE as llama.cpp's "llama" (SentencePiece) model: pieces, scores, types, byte fallback,
+    and no space prefix (gptkit trains without SentencePiece's dummy prefix).
+A char tokenizer, or SentencePiece unigram (llama.cpp's SentencePiece tokenizer merges by score, it does
+not search the most likely segmentation), is refused.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from gptkit.export.source import NORM_EPS, ROPE_BASE, ExportSource
 # llama.cpp's names for the split regexes gptkit knows (tokenizers/bpe.py PATTERNS; tiktoken's r50k,
 # cl100k and o200k use the same regexes): `tokenizer.ggml.pre`.
 PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "llama-bpe", "gpt4o": "gpt-4o"}
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5  # gguf.TokenType
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 5, 6  # gguf.TokenType
 
 
 def pre_tokenizer_name(pattern: str) -> str:
@@ -56,10 +59,12 @@ def gguf_vocabulary(tokenizer, vocab_size: int) -> dict:
     """tokens, token types, merges and the pre-tokenizer name of a byte-level BPE tokenizer."""
     from gptkit.export.tokenizer_files import byte_level_vocab_and_merges
 
+    if tokenizer.kind == "sentencepiece" and tokenizer.model_type == "bpe":
+        return sentencepiece_vocabulary(tokenizer)
     if tokenizer.kind not in ("bpe", "tiktoken"):
         raise GptkitError(
-            f"GGUF export needs a byte-level BPE tokenizer; this model uses {tokenizer.name}",
-            hint="llama.cpp has no equivalent of gptkit's char tokenizer or of its lossless SentencePiece setup; "
+            f"GGUF export needs a byte-level BPE or SentencePiece BPE tokenizer; this model uses {tokenizer.name}",
+            hint="llama.cpp has no equivalent of gptkit's char tokenizer or of SentencePiece unigram's search; "
             "--format hf and onnx take every tokenizer",
         )
     encoding = tokenizer.encoding
@@ -71,10 +76,28 @@ def gguf_vocabulary(tokenizer, vocab_size: int) -> dict:
     for text, token_id in encoding._special_tokens.items():
         tokens[token_id], types[token_id] = text, TOKEN_CONTROL
     return {
+        "model": "gpt2",
         "tokens": tokens,
         "types": types,
         "merges": [f"{left} {right}" for left, right in merges],
         "pre": pre_tokenizer_name(encoding._pat_str),
+    }
+
+
+def sentencepiece_vocabulary(tokenizer) -> dict:
+    """A SentencePiece BPE model's pieces, scores and types, as llama.cpp's SentencePiece tokenizer reads them."""
+    sp = tokenizer.sp
+    types = []
+    for i in range(sp.get_piece_size()):
+        kinds = ((sp.is_unknown, TOKEN_UNKNOWN), (sp.is_control, TOKEN_CONTROL), (sp.is_byte, TOKEN_BYTE), (sp.is_unused, TOKEN_UNUSED))
+        types.append(next((kind for test, kind in kinds if test(i)), TOKEN_NORMAL))
+    return {
+        "model": "llama",
+        "tokens": [sp.id_to_piece(i) for i in range(sp.get_piece_size())],
+        "scores": [sp.get_score(i) for i in range(sp.get_piece_size())],
+        "types": types,
+        "unk": sp.unk_id(),
+        "pre": "default",
     }
 
 
@@ -149,11 +172,17 @@ def export_gguf(source: ExportSource, out: Path, dtype: torch.dtype) -> Path:
         writer.add_rope_freq_base(ROPE_BASE)
     half = dtype == torch.float16
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if half else gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocabulary["model"])
     writer.add_tokenizer_pre(vocabulary["pre"])
     writer.add_token_list(vocabulary["tokens"])
     writer.add_token_types(vocabulary["types"])
-    writer.add_token_merges(vocabulary["merges"])
+    if vocabulary["model"] == "gpt2":
+        writer.add_token_merges(vocabulary["merges"])
+    else:
+        writer.add_token_scores(vocabulary["scores"])
+        writer.add_unk_token_id(vocabulary["unk"])
+        writer.add_add_space_prefix(False)  # no "▁" before the text: gptkit trains without the dummy prefix
+        writer.add_remove_extra_whitespaces(False)
     eot = source.tokenizer.eot_id
     if eot is not None:
         writer.add_bos_token_id(eot)
