@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from gptkit import __version__
-from gptkit.cli_export import export_cmd
+from gptkit.cli_export import EPILOG as EXPORT_EPILOG, export_cmd
 from gptkit.cli_tokenize import tokenize_app
 from gptkit.console import CONTEXT, emit_json as _emit_json, err, log as _log
 from gptkit.errors import GptkitError, UsageError
@@ -44,7 +44,7 @@ prepare_app = typer.Typer(
 )
 app.add_typer(prepare_app, name="prepare")
 app.add_typer(tokenize_app, name="tokenize")  # in cli_tokenize.py
-app.command("export", epilog="Examples:\n\n  gptkit export --ckpt out/ckpt.safetensors --format hf --out out/hf")(export_cmd)  # cli_export.py
+app.command("export", epilog=EXPORT_EPILOG)(export_cmd)  # in cli_export.py
 
 
 def _version(value: bool) -> None:

@@ -8,6 +8,13 @@ import typer
 
 from gptkit.console import emit_json, log
 
+EPILOG = (
+    "Examples:\n\n"
+    "  gptkit export --ckpt out/ckpt.safetensors --format hf --out out/hf\n\n"
+    "  gptkit export --ckpt out/ckpt.safetensors --format onnx --out out/model.onnx\n\n"
+    "  gptkit export --ckpt out/ckpt.safetensors --format gguf --out out/model.gguf --dtype float16"
+)
+
 
 def export_cmd(
     ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to export."),
