@@ -169,8 +169,12 @@ def llama_cpp():
 
 
 def load_llama(path, n_ctx=128):
-    llama = llama_cpp().Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=1)
-    return llama
+    """llama.cpp with its key/value cache in float32 (its default is float16, a rounding gptkit does not do)."""
+    lib = llama_cpp()
+    return lib.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=1,
+        type_k=lib.GGML_TYPE_F32, type_v=lib.GGML_TYPE_F32,
+    )
 
 
 def llama_cpp_greedy(llama, prompt: list[int], n: int) -> list[int]:
@@ -195,8 +199,9 @@ def test_llama_cpp_greedy_generates_gptkits_tokens(tmp_path, tokenizer, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_llama_cpp_logits_are_gptkits(tmp_path, tokenizer, case):
-    """Llama family: within 1e-4 (like transformers). GPT-2 family: llama.cpp's GELU is the tanh form, gptkit's
-    the exact one, so the logits drift a little (measured in docs/export.md); the bound is looser."""
+    """Llama family: within 1e-4, as transformers. GPT-2 family: ggml's CPU GELU is the tanh form, read from a
+    float16 lookup table, where gptkit's is the exact erf form: the logits drift by ~5e-3 on these models
+    (docs/export.md), so the bound is looser; the greedy tokens above still agree."""
     from gptkit.checkpoint import load_checkpoint
 
     ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", tokenizer, **CASES[case])
@@ -209,7 +214,7 @@ def test_llama_cpp_logits_are_gptkits(tmp_path, tokenizer, case):
     with torch.no_grad():
         want = model.unpadded(model(torch.tensor([ids]))[0])[0].numpy()
     drift = np.abs(got - want).max()
-    assert drift < (1e-4 if case.startswith("llama") else 5e-2), drift
+    assert drift < (1e-4 if case.startswith("llama") else 2e-2), drift
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o", "sp-bpe"])

@@ -15,8 +15,8 @@ Layout notes (llama.cpp's loader, src/models/{gpt2,llama}.cpp):
     llama architecture: W_q and W_k need no permutation here (unlike the Hugging Face export).
   * llama.cpp requires every GPT-2 bias: source.py wrote zeros where the model has none.
   * a tied model has no output.weight: llama.cpp then reuses token_embd.
-  * llama.cpp's GELU is the tanh approximation, gptkit's the exact erf form: a GPT-2-family model drifts
-    slightly (docs/export.md measures it).
+  * llama.cpp's GELU is the tanh approximation (on CPU read from a float16 table), gptkit's the exact erf
+    form: a GPT-2-family model drifts slightly (docs/export.md measures it).
 
 The tokenizer, with bos/eos ids (llama.cpp defaults both to id 11 when absent) and no BOS added:
   * byte-level BPE (gptkit's bpe, tiktoken) as llama.cpp's "gpt2" model: tokens in GPT-2's byte-to-unicode
