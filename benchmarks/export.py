@@ -50,6 +50,11 @@ def random_checkpoint(folder: Path, family: str, n_layer: int, n_embd: int, n_he
     return path
 
 
+def float32_cache(llama_cpp) -> dict:
+    """llama.cpp keeps its key/value cache in float16 by default; float32 compares like with like."""
+    return {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}
+
+
 def best_time(run, repeats: int) -> tuple[float, list[int]]:
     tokens = run()  # warm-up: first-call allocations, lazy initialisation
     times = []
@@ -106,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         print("llama-cpp-python is not installed: no llama.cpp row", file=sys.stderr)
     if llama_cpp is not None and checkpoint.tokenizer().kind in ("bpe", "tiktoken"):
         gguf_file = export(ckpt, "gguf", folder / "model.gguf")
-        llama = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=model.config.block_size, n_threads=1, verbose=False)
+        # logits_all: llama-cpp-python fills `scores` row by row only then (one row per step when decoding).
+        llama = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=model.config.block_size, n_threads=1, verbose=False,
+                                logits_all=True, **float32_cache(llama_cpp))
 
         def llama_cpp_greedy() -> list[int]:
             llama.reset()
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 llama.eval(out[-1:])
             return out
 
-        runs["llama.cpp (GGUF float32)"] = llama_cpp_greedy
+        runs["llama.cpp (GGUF float32, float32 KV cache)"] = llama_cpp_greedy
 
     print_parity(model, folder, ckpt, onnx_file, llama_cpp)
     results = {name: best_time(run, args.repeats) for name, run in runs.items()}
@@ -157,7 +164,7 @@ def print_parity(model, folder: Path, ckpt: Path, onnx_file: Path, llama_cpp) ->
         for dtype in ("float32", "float16"):
             path = export(ckpt, "gguf", folder / f"model-{dtype}.gguf", dtype=dtype)
             llama = llama_cpp.Llama(model_path=str(path), n_ctx=c.block_size, n_batch=c.block_size, logits_all=True,
-                                    n_threads=1, verbose=False)
+                                    n_threads=1, verbose=False, **float32_cache(llama_cpp))
             llama.eval(ids[0].tolist())
             rows[f"llama.cpp (gguf, {dtype})"] = np.asarray(llama.scores[: c.block_size])
     print(f"\nparity over {c.block_size} positions (gptkit float32 is the reference)\n")
