@@ -3,17 +3,22 @@
     ckpt.safetensors      weights + string metadata:
                               format, format_version, gptkit_version,
                               model_config (JSON), tokenizer (JSON spec), train_config (JSON),
-                              step, train_loss, val_loss, checksum (sha256 of the weights)
+                              step, train_loss, val_loss, checksum (sha256 of the weights),
+                              kind ("model" | "adapter"), base_checksum (adapters only)
     *.resume.safetensors  what `train --resume` needs on top: optimizer moments, RNG states, the
                           batch sampler's position, the best val loss so far (tensors + JSON metadata,
                           a checksum over both, and the checksum of the checkpoint it belongs to)
 
 safetensors, not pickle: opening a checkpoint from a stranger cannot run code. Every write is atomic
 (see fileio.py), and loading verifies the checksum, so a damaged file is reported, never half-used;
-the error names the last good checkpoint next to the damaged one.
+run_folder.load_run_checkpoint then names the last good checkpoint next to the damaged one.
 
-How a training run's folder keeps several of these files (the last K steps, the best, which one to
-resume) is run_folder.py's business.
+A checkpoint's `kind` is "model" (a full model) or "adapter" (extra weights, e.g. LoRA's, that belong
+to one base model: `base_checksum` is that model's checksum). Files from before kinds are models.
+
+This module is a leaf of the core: it knows one file at a time. What the header alone tells (without
+torch) is checkpoint_format.py's; how a training run's folder keeps several of these files (the last
+K steps, the best, which one to resume, the last good one) is run_folder.py's business.
 """
 
 from __future__ import annotations
@@ -26,13 +31,22 @@ from pathlib import Path
 import torch
 
 from gptkit import __version__
+from gptkit.checkpoint_format import (  # noqa: F401  (DamagedFile and the constants are re-exported)
+    ADAPTER,
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    MODEL,
+    RESUME_FORMAT,
+    DamagedFile,
+    check_format,
+    checkpoint_kind,
+    read_checkpoint_header,
+    read_header,
+    unreadable,
+)
 from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_write_bytes
 from gptkit.model import GPT, ModelConfig
-
-CHECKPOINT_FORMAT = "gptkit.checkpoint"
-RESUME_FORMAT = "gptkit.resume"
-FORMAT_VERSION = 1
 
 
 def weights_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -59,39 +73,19 @@ def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
     return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
-def _open(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file, turning every way it can be broken into a clear GptkitError."""
+def _open(path: Path, what: str, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file of `expected_format`, turning every way it can be broken into a clear
+    GptkitError. The header is checked first, so a file of the wrong format costs no weight reading."""
     from safetensors import SafetensorError, safe_open
 
-    _check_is_file(path, kind)
+    header = read_header(path, what)
+    check_format(path, header.metadata, expected_format)
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise _unreadable(path, e) from None
-    return tensors, metadata
-
-
-def _check_is_file(path: Path, kind: str) -> None:
-    if not path.exists():
-        raise GptkitError(f"{kind} {path} does not exist", hint="train one with `gptkit train`, or check the path")
-    if path.is_dir():
-        raise GptkitError(f"{kind} {path} is a folder", hint=f"pass the file, e.g. {path / 'ckpt.safetensors'}")
-
-
-def _unreadable(path: Path, error: Exception) -> DamagedFile:
-    # safetensors' own words ("file not fully covered") don't say what happened to the file: we do.
-    return DamagedFile(path, f"is not a readable safetensors file (truncated or damaged: {str(error).splitlines()[0][:120]})")
-
-
-class DamagedFile(GptkitError):
-    """A checkpoint or resume state that is truncated or corrupted. The hint names the last good
-    checkpoint, which callers fill in (see with_last_good) because only they know where to look."""
-
-    def __init__(self, path: Path, problem: str, hint: str | None = None):
-        super().__init__(f"{path} {problem}", hint=hint or "the file is truncated or corrupted; use an earlier checkpoint or train again")
-        self.path = path
+        raise unreadable(path, e) from None
+    return tensors, header.metadata
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,8 +102,16 @@ class Checkpoint:
     val_loss: float | None = None
     train_config: dict = field(default_factory=dict)
     gptkit_version: str = __version__
+    kind: str = MODEL  # "model": the weights are a whole GPT; "adapter": extra weights on top of one
+    base_checksum: str | None = None  # an adapter's base model: that checkpoint's checksum
+    checksum: str | None = None  # "sha256:..." of these weights, as stored in the file
 
     def build_model(self, device: torch.device | str = "cpu") -> GPT:
+        if self.kind != MODEL:
+            raise GptkitError(
+                f"this checkpoint is an {self.kind}, not a full model: it belongs to the base model {self.base_checksum}",
+                hint="load the base model's checkpoint, then apply the adapter to it",
+            )
         model = GPT(self.model_config)
         self.load_into(model)
         return model.to(device)
@@ -132,6 +134,16 @@ class Checkpoint:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
             raise GptkitError(f"checkpoint weights do not fit its model config: {str(e).splitlines()[0]}") from None
+
+    def check_base(self, base: Checkpoint, source: str | Path = "the adapter") -> None:
+        """Refuse to apply this adapter (from `source`) to a model other than the one it was trained on."""
+        if self.kind != ADAPTER:
+            raise GptkitError(f"{source} is a full model, not an adapter", hint="load it as a model on its own")
+        if base.checksum != self.base_checksum:
+            raise GptkitError(
+                f"{source} was trained on the base model {self.base_checksum}, not on this one ({base.checksum})",
+                hint="load the base model the adapter was trained on",
+            )
 
     def tokenizer(self):
         from gptkit.tokenizers import tokenizer_from_spec
@@ -175,11 +187,33 @@ def save_checkpoint(
     """Write the checkpoint atomically; returns its checksum ("sha256:..."). The weights are
     `model`'s, or `state_dict` when given (the full weights gathered from a sharded model)."""
     tensors = dict(model.state_dict() if state_dict is None else state_dict)
+    return _write(path, tensors, model.config, tokenizer_spec, step, train_loss, val_loss, train_config, MODEL)
+
+
+def save_adapter(
+    path: str | Path,
+    weights: dict[str, torch.Tensor],
+    base: Checkpoint,
+    step: int,
+    train_loss: float | None = None,
+    val_loss: float | None = None,
+    train_config: dict | None = None,
+) -> str:
+    """Write an adapter's own `weights` (e.g. LoRA's low-rank matrices) as a checkpoint of kind
+    "adapter" that belongs to `base` (a full model's checkpoint, loaded or peeked from its file): it
+    records the base's model config, tokenizer and checksum. Returns the adapter's checksum."""
+    if base.kind != MODEL or base.checksum is None:
+        raise ValueError("an adapter's base must be a full model's checkpoint, read from its file")
+    return _write(path, dict(weights), base.model_config, base.tokenizer_spec, step, train_loss, val_loss, train_config, ADAPTER, base.checksum)
+
+
+def _write(path, tensors, model_config, tokenizer_spec, step, train_loss, val_loss, train_config, kind, base_checksum=None) -> str:
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(FORMAT_VERSION),
         "gptkit_version": __version__,
-        "model_config": json.dumps(model.config.to_dict()),
+        "kind": kind,
+        "model_config": json.dumps(model_config.to_dict()),
         "tokenizer": json.dumps(tokenizer_spec, ensure_ascii=False),
         "train_config": json.dumps(train_config or {}),
         "step": str(step),
@@ -187,41 +221,17 @@ def save_checkpoint(
         "val_loss": json.dumps(val_loss),
         "checksum": "sha256:" + weights_checksum(tensors),
     }
+    if base_checksum is not None:
+        metadata["base_checksum"] = base_checksum
     atomic_write_bytes(path, _serialize(tensors, metadata))
     return metadata["checksum"]
 
 
-def _check_format(path: Path, metadata: dict, expected: str) -> None:
-    if metadata.get("format") != expected:
-        raise GptkitError(
-            f"{path} is a safetensors file but not a {expected} file (format {metadata.get('format')!r})",
-            hint="pass a checkpoint written by `gptkit train`",
-        )
-    version = metadata.get("format_version", "")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
-        raise GptkitError(
-            f"{path} has format version {version}, newer than this gptkit (reads up to {FORMAT_VERSION})",
-            hint="upgrade gptkit: pip install -U gptkit",
-        )
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and verify a checkpoint (checksum, format version, metadata). A damaged file raises a
-    GptkitError whose hint names the last good checkpoint of the same run, when there is one."""
+    """Load and verify a checkpoint (format version, checksum, metadata); a damaged file raises
+    DamagedFile. (run_folder.load_run_checkpoint also names the run's last good checkpoint.)"""
     path = Path(path)
-    try:
-        return read_checkpoint(path)
-    except DamagedFile as e:
-        from gptkit.run_folder import with_last_good  # only on the error path: the layout lives there
-
-        raise with_last_good(e) from None
-
-
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """load_checkpoint without the search for a last good checkpoint when the file is damaged."""
-    path = Path(path)
-    tensors, metadata = _open(path, "checkpoint")
-    _check_format(path, metadata, CHECKPOINT_FORMAT)
+    tensors, metadata = _open(path, "checkpoint", CHECKPOINT_FORMAT)
     expected = metadata.get("checksum", "").removeprefix("sha256:")
     if weights_checksum(tensors) != expected:
         raise DamagedFile(path, "is corrupted: its weights do not match the checksum stored with them")
@@ -230,6 +240,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def _checkpoint_from(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Checkpoint:
     try:
+        kind = checkpoint_kind(metadata)
         return Checkpoint(
             model_config=_model_config_from(metadata["model_config"]),
             tokenizer_spec=json.loads(metadata["tokenizer"]),
@@ -239,9 +250,19 @@ def _checkpoint_from(path: Path, metadata: dict[str, str], tensors: dict[str, to
             val_loss=json.loads(metadata.get("val_loss", "null")),
             train_config=json.loads(metadata.get("train_config", "{}")),
             gptkit_version=metadata.get("gptkit_version", "?"),
+            kind=kind,
+            base_checksum=_base_checksum(metadata, kind),
+            checksum=metadata.get("checksum"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DamagedFile(path, f"has damaged metadata ({type(e).__name__}: {e})") from None
+
+
+def _base_checksum(metadata: dict[str, str], kind: str) -> str | None:
+    base = metadata.get("base_checksum")
+    if kind == ADAPTER and not (base or "").startswith("sha256:"):
+        raise ValueError("an adapter without the checksum of its base model")
+    return base if kind == ADAPTER else None
 
 
 def _model_config_from(text: str) -> ModelConfig:
@@ -256,18 +277,10 @@ def _model_config_from(text: str) -> ModelConfig:
 
 def peek_checkpoint(path: str | Path) -> Checkpoint:
     """A checkpoint's metadata alone (its state_dict is empty): reads the small header, not the
-    weights, so it is instant but verifies nothing beyond the header."""
-    from safetensors import SafetensorError, safe_open
-
+    weights, so it is instant but verifies nothing beyond the header. The tensors' names and shapes
+    are in checkpoint_format.read_checkpoint_header(path).tensors."""
     path = Path(path)
-    _check_is_file(path, "checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise _unreadable(path, e) from None
-    _check_format(path, metadata, CHECKPOINT_FORMAT)
-    return _checkpoint_from(path, metadata, {})
+    return _checkpoint_from(path, read_checkpoint_header(path).metadata, {})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -324,8 +337,7 @@ def save_resume_state(path: str | Path, optimizer, step: int, rng: dict[str, tor
 def load_resume_state(path: str | Path) -> tuple[dict, int, dict[str, torch.Tensor], dict]:
     """Returns (optimizer state_dict, step, rng states, extra), after verifying the checksum."""
     path = Path(path)
-    tensors, metadata = _open(path, "resume state")
-    _check_format(path, metadata, RESUME_FORMAT)
+    tensors, metadata = _open(path, "resume state", RESUME_FORMAT)
     expected = metadata.get("checksum")
     if expected is not None and expected.removeprefix("sha256:") != state_checksum(tensors, metadata):
         raise DamagedFile(path, "is corrupted: its contents do not match the checksum stored with them")

@@ -80,10 +80,21 @@ def resolve_runtime(device_name: str = "auto", dtype_name: str = "auto") -> Runt
     else:
         raise UsageError(f"unknown dtype {dtype_name!r}", hint="use auto, float32, bfloat16 or float16")
     if device.type == "cuda":
-        # TF32 matmuls: ~8x the float32 throughput on Ampere+, with float32's range.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()
     return Runtime(device, dtype)
+
+
+def allow_tf32() -> None:
+    """TF32 for float32 matmuls and convolutions: ~8x the float32 throughput on Ampere+, with float32's
+    range (10 mantissa bits instead of 23). torch >= 2.9 sets it per backend through `fp32_precision` and
+    rejects mixing that with the legacy `allow_tf32` flags, so the legacy flags serve only older torch."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32"
+        cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+        cudnn.allow_tf32 = True
 
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets, for MFU (model FLOPs

@@ -7,6 +7,9 @@ in consecutive windows of the model's context, so the number is exact and repeat
     perplexity      exp(loss): the model is as unsure as a uniform choice among this many tokens
     bits_per_byte   loss * tokens / (bytes * ln 2): comparable across tokenizers, because it
                     measures cost per byte of text rather than per (tokenizer-dependent) token
+
+The model is loaded, and its precision chosen, by inference.load_model (dtype auto: float32 on a CPU,
+bfloat16 or float16 autocast on a GPU, as in training).
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.checkpoint import load_checkpoint
-from gptkit.devices import resolve_runtime
+from gptkit.inference import load_model
 from gptkit.shards import Split, read_meta
 
 
@@ -28,12 +30,12 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 16,
     max_batches: int | None = None,
+    dtype: str = "auto",
 ) -> dict:
-    checkpoint = load_checkpoint(ckpt)
+    loaded = load_model(ckpt, device, dtype)
+    checkpoint, model, runtime = loaded.checkpoint, loaded.model, loaded.runtime
     meta = read_meta(data)
     checkpoint.check_data(meta, data, ckpt)
-    runtime = resolve_runtime(device)
-    model = checkpoint.build_model(runtime.device).eval()
     data_split = Split.open(data, split, meta)
     block_size = checkpoint.model_config.block_size
     data_split.check_fits(block_size)

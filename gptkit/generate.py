@@ -10,6 +10,9 @@ distribution, draw the next token, append it, repeat. Two knobs shape the distri
 A KV cache (see model.KVCache) keeps the keys and values of earlier positions, so each new token costs
 one position's work instead of the whole prefix. Once the text outgrows the context window, the model
 sees only the last block_size tokens, and the cache is rebuilt for each new window.
+
+sample_texts loads the model with inference.load_model, so `--dtype auto` means what it means for
+eval and training: float32 on a CPU, bfloat16 (or float16 on older GPUs) autocast on a GPU.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import Iterator
 
 import torch
 
-from gptkit.checkpoint import load_checkpoint
-from gptkit.devices import resolve_runtime
+from gptkit.devices import Runtime
 from gptkit.errors import GptkitError
+from gptkit.inference import load_model
 from gptkit.model import GPT, KVCache
 from gptkit.tokenizers import Tokenizer
 
@@ -47,10 +50,12 @@ def generate(
     top_k: int | None = 200,
     generator: torch.Generator | None = None,
     stop_id: int | None = None,
+    precision: torch.dtype = torch.float32,
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` new token ids, one at a time (stops early at `stop_id`).
 
     Random draws come from `generator` (a CPU torch.Generator), so a seeded generator repeats its text.
+    `precision`: the autocast dtype of the forward passes (a Runtime's dtype; float32: no autocast).
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt token")
@@ -62,6 +67,9 @@ def generate(
         generator.seed()  # a fresh random seed
     tokens = list(prompt_ids)
     cache = None
+    # Autocast is entered around each forward pass, never held across a `yield`: it is a thread-wide
+    # setting, and the caller's code between two tokens must not run under it.
+    autocast = Runtime(device, precision).autocast
     for _ in range(max_new_tokens):
         if cache is None or cache.length >= block_size:
             # (Re)start: run the last block_size tokens through the model, filling a fresh cache.
@@ -69,7 +77,8 @@ def generate(
             window = torch.tensor([tokens[-block_size:]], device=device)
         else:
             window = torch.tensor([[tokens[-1]]], device=device)  # only the newest token
-        logits, _ = model(window, cache=cache)
+        with autocast:
+            logits, _ = model(window, cache=cache)
         # Only real tokens: the padded ids past vocab_size (model.py) must never be drawn.
         token = int(next_token(model.unpadded(logits[:, -1, :]), temperature, top_k, generator))
         tokens.append(token)
@@ -124,6 +133,7 @@ def sample_texts(
     seed: int | None = None,
     device: str = "auto",
     stop_at_eot: bool = True,
+    dtype: str = "auto",
 ) -> Iterator[tuple[str, Iterator[str]]]:
     """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once.
 
@@ -131,10 +141,8 @@ def sample_texts(
     """
     if temperature < 0:
         raise GptkitError(f"--temperature must be >= 0 (got {temperature})")
-    checkpoint = load_checkpoint(ckpt)
-    tokenizer = checkpoint.tokenizer()
-    runtime = resolve_runtime(device, "float32")
-    model = checkpoint.build_model(runtime.device)
+    loaded = load_model(ckpt, device, dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer()
     prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size)
     generator = torch.Generator()
     if seed is not None:
@@ -143,7 +151,7 @@ def sample_texts(
         generator.seed()
     stop_id = tokenizer.eot_id if stop_at_eot else None
     for _ in range(num_samples):
-        ids = generate(model, prompt_ids, max_new_tokens, temperature, top_k, generator, stop_id)
+        ids = generate(model, prompt_ids, max_new_tokens, temperature, top_k, generator, stop_id, loaded.runtime.dtype)
         if stop_id is not None:
             ids = (i for i in ids if i != stop_id)
         yield prompt_text, decode_stream(tokenizer, ids)

@@ -48,24 +48,40 @@ class Document:
     text: str
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+
+
+def train_val_cut(total_chars: int, val_fraction: float) -> int:
+    """Where the corpus splits: its first `cut` characters train, the rest validate. The one place both
+    paths (prepare_documents in memory, prepare_text streaming) place the cut."""
+    check_val_fraction(val_fraction)
+    return int(total_chars * (1.0 - val_fraction))
+
+
+def cut_at(text: str, start: int, cut: int) -> Iterator[tuple[str, str]]:
+    """(split, text) for a text that begins at character `start` of the corpus: all of it in "train",
+    all in "val", or the two halves when it straddles the cut."""
+    if start + len(text) <= cut:
+        yield "train", text
+    elif start >= cut:
+        yield "val", text
+    else:
+        yield "train", text[: cut - start]
+        yield "val", text[cut - start :]
+
+
 def split_documents(docs: list[Document], val_fraction: float) -> dict[str, list[str]]:
     """Cut the documents' text at (1 - val_fraction) of all characters; the document that straddles the
     cut is split in two. Returns split name -> list of texts."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    total = sum(len(d.text) for d in docs)
-    cut = int(total * (1.0 - val_fraction))
-    train, val, seen = [], [], 0
+    cut = train_val_cut(sum(len(d.text) for d in docs), val_fraction)
+    texts, seen = {split: [] for split in SPLITS}, 0
     for doc in docs:
-        if seen + len(doc.text) <= cut:
-            train.append(doc.text)
-        elif seen >= cut:
-            val.append(doc.text)
-        else:
-            train.append(doc.text[: cut - seen])
-            val.append(doc.text[cut - seen :])
+        for split, part in cut_at(doc.text, seen, cut):
+            texts[split].append(part)
         seen += len(doc.text)
-    return {"train": [t for t in train if t], "val": [t for t in val if t]}
+    return {split: [t for t in parts if t] for split, parts in texts.items()}
 
 
 def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
@@ -267,8 +283,7 @@ def prepare_text(
     Encoding runs on `workers` processes (default: one per core; 1 keeps it in this process). Where
     Python starts processes by re-importing the caller (macOS, Windows), call this from a script under
     `if __name__ == "__main__":`, as with any multiprocessing code."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)  # before the (slow) scan of the files
     out = _check_out(out)
     out_dir = Path(out).resolve()
     # A data folder inside an input folder (`prepare text notes/ --out notes/data`) is output, not input.
@@ -284,7 +299,7 @@ def prepare_text(
     if total == 0:
         raise GptkitError("the input text is empty")
     log(f"source: {len(files)} file(s), {total:,} characters")
-    cut = int(total * (1.0 - val_fraction))  # as split_documents: the first `cut` characters train
+    cut = train_val_cut(total, val_fraction)
 
     def train_text() -> Iterator[str]:
         return (piece for split, pieces in _document_parts(files, cut) if split == "train" for piece in pieces)
@@ -355,11 +370,6 @@ def _blocks_by_split(files: list[TextFile], cut: int) -> Iterator[tuple[str, int
     seen = 0
     for index, f in enumerate(files):
         for block in read_text_blocks(f.path):
-            if seen + len(block) <= cut:
-                yield "train", index, block
-            elif seen >= cut:
-                yield "val", index, block
-            else:
-                yield "train", index, block[: cut - seen]
-                yield "val", index, block[cut - seen :]
+            for split, part in cut_at(block, seen, cut):
+                yield split, index, part
             seen += len(block)

@@ -11,7 +11,9 @@ then deletes the oldest steps. A crash at any moment (kill -9, power) leaves the
 pair in place, and `--resume` picks the newest complete pair. Hard links cost no disk space; where a
 file system has none, the links are copies.
 
-A damaged file (truncated, bit-flipped) is reported with the last good checkpoint next to it.
+A damaged file (truncated, bit-flipped) is reported with the last good checkpoint next to it: the
+search for it is here, one floor above checkpoint.py, because only the folder's layout says where the
+other checkpoints of a run are (load_run_checkpoint, load_resume_point).
 """
 
 from __future__ import annotations
@@ -27,19 +29,18 @@ import torch
 
 from gptkit.checkpoint import (
     Checkpoint,
-    DamagedFile,
+    load_checkpoint,
     load_resume_state,
     peek_checkpoint,
-    read_checkpoint,
     save_checkpoint,
     save_resume_state,
     weights_checksum,
 )
+from gptkit.checkpoint_format import CKPT_NAME, DamagedFile
 from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_link, remove_stale_temp_files
 from gptkit.model import GPT
 
-CKPT_NAME = "ckpt.safetensors"
 BEST_NAME = "best.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
@@ -182,7 +183,7 @@ def resume_command(out: str | Path, step: int | None = None) -> str:
 
 def verify_resume_point(point: ResumePoint) -> tuple[Checkpoint, tuple]:
     """Load and cross-check a checkpoint and its resume state; DamagedFile if either is broken."""
-    checkpoint = read_checkpoint(point.checkpoint)
+    checkpoint = load_checkpoint(point.checkpoint)
     state = load_resume_state(point.state)
     _, step, _, extra = state
     expected = extra.get("checkpoint_checksum")
@@ -216,6 +217,15 @@ def with_last_good_step(error: DamagedFile, out: str | Path, step: int) -> Damag
     return error
 
 
+def load_run_checkpoint(path: str | Path) -> Checkpoint:
+    """checkpoint.load_checkpoint, where a damaged file's error names the last good checkpoint of
+    the run it belongs to (see with_last_good). What `gptkit eval` and `gptkit sample` load with."""
+    try:
+        return load_checkpoint(path)
+    except DamagedFile as e:
+        raise with_last_good(e) from None
+
+
 def last_good_checkpoint(damaged: str | Path) -> tuple[Path, int] | None:
     """The newest other checkpoint of the run that `damaged` belongs to which loads and verifies."""
     damaged = Path(damaged)
@@ -227,7 +237,7 @@ def last_good_checkpoint(damaged: str | Path) -> tuple[Path, int] | None:
             continue
         tried.add(file_id)
         try:
-            return candidate, read_checkpoint(candidate).step
+            return candidate, load_checkpoint(candidate).step
         except GptkitError:
             continue
     return None

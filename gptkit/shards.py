@@ -322,22 +322,6 @@ class Split:
                 hint="use more text, a smaller --val-fraction, or a smaller --block-size",
             )
 
-    def sample_batch(self, batch_size: int, block_size: int, generator) -> tuple:
-        """A batch of random windows: x = tokens[i : i+T], y = tokens[i+1 : i+T+1] (the next token).
-
-        Every start position in every shard is equally likely. Returns two (B, T) int64 tensors.
-        """
-        import torch
-
-        starts_per_shard = np.array([max(len(s) - block_size, 0) for s in self.shards])
-        cumulative = np.cumsum(starts_per_shard)
-        picks = torch.randint(int(cumulative[-1]), (batch_size,), generator=generator).numpy()
-        shard_of = np.searchsorted(cumulative, picks, side="right")  # which shard each pick falls in
-        offsets = picks - (cumulative[shard_of] - starts_per_shard[shard_of])
-        windows = np.stack([self.shards[s][o : o + block_size + 1] for s, o in zip(shard_of, offsets)])
-        windows = torch.from_numpy(windows.astype(np.int64))
-        return windows[:, :-1], windows[:, 1:]
-
     def iter_windows(self, block_size: int, batch_size: int, max_batches: int | None = None):
         """Every token once, in order: consecutive non-overlapping windows, `batch_size` at a time.
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny data, a tiny trained run, an isolated cache, and an in-process CLI runner.
+"""Shared fixtures: tiny data, a tiny trained run, an isolated cache, torch's global settings put back
+after every test, and an in-process CLI runner.
 
 Everything here is small on purpose (2 layers, 32 wide, contexts of 16 tokens, a few steps) so the
 whole suite runs in a minute or two on 2 cores, and nothing touches the network.
@@ -6,6 +7,7 @@ whole suite runs in a minute or two on 2 cores, and nothing touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import random
@@ -85,6 +87,55 @@ def make_corpus(num_chars: int = 30_000, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def small_corpus() -> str:
     return make_corpus()
+
+
+# Where tests fake a device (a CPU-only torch pretending to have GPUs) or change a process-wide torch
+# setting. Only public names are saved: torch fills in private caches (torch.cuda._initialized, ...) as
+# it runs, and those must not be rolled back.
+_FAKEABLE_MODULES = (torch.cuda, torch.version, torch.backends.mps, importlib.util)
+
+
+def _tf32_knobs() -> list[tuple[object, str]]:
+    """(object, attribute) of every TF32 switch the running torch has. torch >= 2.9 has
+    `fp32_precision` per backend and refuses reads of the legacy `allow_tf32` once the new API was used,
+    so the legacy flags are only touched on a torch without the new one."""
+    backends = torch.backends
+    if hasattr(backends.cuda.matmul, "fp32_precision"):
+        owners = [backends, backends.cuda.matmul, backends.cudnn, backends.cudnn.conv, backends.cudnn.rnn]
+        return [(owner, "fp32_precision") for owner in owners]
+    return [(backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32")]
+
+
+@pytest.fixture(autouse=True)
+def _global_torch_state_restored():
+    """No faked device and no global torch setting outlives its test, whatever its teardown does.
+
+    monkeypatch undoes in reverse order and stops at the first undo that raises (pytest 9 cannot undo
+    a patch of torch.backends.cuda.matmul.allow_tf32, a computed attribute), leaving every earlier
+    patch, e.g. a faked torch.cuda.is_available, in place for the rest of the session. This fixture is
+    set up before monkeypatch (pytest orders autouse fixtures by name, and this name sorts first), so it
+    is torn down after it, and puts everything back by value."""
+    saved_modules = [
+        (module, {name: value for name, value in vars(module).items() if not name.startswith("_")})
+        for module in _FAKEABLE_MODULES
+    ]
+    saved_tf32 = [(owner, name, getattr(owner, name)) for owner, name in _tf32_knobs()]
+    saved_dtype = torch.get_default_dtype()
+    saved_threads = torch.get_num_threads()
+    saved_deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    for module, names in saved_modules:
+        for name, value in names.items():
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
+    for owner, name, value in saved_tf32:
+        if getattr(owner, name) != value:
+            setattr(owner, name, value)
+    torch.set_default_dtype(saved_dtype)
+    if torch.get_num_threads() != saved_threads:
+        torch.set_num_threads(saved_threads)
+    if torch.are_deterministic_algorithms_enabled() != saved_deterministic:
+        torch.use_deterministic_algorithms(saved_deterministic)
 
 
 @pytest.fixture(autouse=True)

@@ -51,8 +51,8 @@ def make_checkpoint(path: Path, tokenizer, seed: int = 0, **model_options) -> Pa
 
 def gptkit_greedy(ckpt: Path, prompt_ids: list[int], n: int) -> list[int]:
     """`gptkit sample --temperature 0`'s tokens (the library call behind it), stop token ignored."""
-    from gptkit.checkpoint import load_checkpoint
     from gptkit.generate import generate
+    from gptkit.inference import load_model
 
-    model = load_checkpoint(ckpt).build_model("cpu")
+    model = load_model(ckpt, device="cpu", dtype="float32").model
     return list(generate(model, prompt_ids, n, temperature=0.0, top_k=None))

@@ -1,22 +1,32 @@
+import ast
 import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from conftest import subprocess_env
+
 import gptkit
 from gptkit.checkpoint import (
     Checkpoint,
     load_checkpoint,
     load_resume_state,
+    peek_checkpoint,
+    save_adapter,
     save_checkpoint,
     save_resume_state,
     weights_checksum,
 )
+from gptkit.checkpoint_format import DamagedFile, TensorInfo, read_checkpoint_header, read_header
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, ModelConfig
+from gptkit.run_folder import load_run_checkpoint
 from gptkit.tokenizers import CharTokenizer
 
 SPEC = {"kind": "char", "chars": "\n !abcdefghijklmnopqrstuvwxyz"}
@@ -126,7 +136,7 @@ def test_corrupted_weights_fail_the_checksum(saved):
     raw[data_start + 100] ^= 0x01  # flip one bit of one weight
     path.write_bytes(bytes(raw))
     with pytest.raises(GptkitError) as info:
-        load_checkpoint(path)
+        load_run_checkpoint(path)
     assert info.value.message == f"{path} is corrupted: its weights do not match the checksum stored with them"
     assert info.value.hint == f"the last good checkpoint is {best} (step 40); use it instead, or train again"
 
@@ -138,7 +148,7 @@ def test_truncated_file(saved, keep):
     raw = path.read_bytes()
     path.write_bytes(raw[: max(int(len(raw) * keep), 4)])
     with pytest.raises(GptkitError) as info:
-        load_checkpoint(path)
+        load_run_checkpoint(path)
     assert info.value.message.startswith(f"{path} is not a readable safetensors file (truncated or damaged: ")
     assert info.value.hint == f"the last good checkpoint is {best} (step 40); use it instead, or train again"
 
@@ -325,3 +335,137 @@ def test_padding_that_does_not_fit_the_weights(saved, tmp_path):
     invalid = rewrite(path, tmp_path / "invalid.safetensors", model_config=json.dumps({**CONFIG.to_dict(), "vocab_multiple": 0}))
     with pytest.raises(GptkitError, match=r"has damaged metadata .*model.vocab_multiple must be at least 1 \(got 0\)"):
         load_checkpoint(invalid)
+
+
+# --- kinds: full models and adapters ------------------------------------------------------------------
+
+
+def test_new_checkpoints_are_models_with_their_checksum(saved, tmp_path):
+    path, _ = saved
+    header, _ = header_of(path)
+    assert header["__metadata__"]["kind"] == "model" and "base_checksum" not in header["__metadata__"]
+    ckpt = load_checkpoint(path)
+    assert (ckpt.kind, ckpt.base_checksum) == ("model", None)
+    assert ckpt.checksum == header["__metadata__"]["checksum"] == save_checkpoint(tmp_path / "again.safetensors", saved[1], SPEC, step=42)
+
+
+def test_checkpoint_written_before_kinds_loads_as_a_model(saved, tmp_path):
+    path, model = saved
+    old = rewrite(path, tmp_path / "old.safetensors", kind=None, base_checksum=None)
+    header, _ = header_of(old)
+    assert "kind" not in header["__metadata__"] and "base_checksum" not in header["__metadata__"]
+    for ckpt in (load_checkpoint(old), peek_checkpoint(old)):
+        assert (ckpt.kind, ckpt.base_checksum, ckpt.step) == ("model", None, 42)
+    rebuilt = load_checkpoint(old).build_model()
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+
+
+def lora_weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"blocks.0.attn.qkv.lora_a": torch.randn(4, 32, generator=g), "blocks.0.attn.qkv.lora_b": torch.zeros(96, 4)}
+
+
+def test_adapter_round_trip_names_its_base(saved, tmp_path):
+    path, _ = saved
+    base = load_checkpoint(path)
+    adapter_path = tmp_path / "adapter.safetensors"
+    checksum = save_adapter(adapter_path, lora_weights(), base, step=7, train_loss=1.5, train_config={"lora_rank": 4})
+    header, _ = header_of(adapter_path)
+    assert header["__metadata__"]["kind"] == "adapter" and header["__metadata__"]["base_checksum"] == base.checksum
+    adapter = load_checkpoint(adapter_path)
+    assert (adapter.kind, adapter.base_checksum, adapter.checksum, adapter.step) == ("adapter", base.checksum, checksum, 7)
+    assert adapter.model_config == base.model_config and adapter.tokenizer_spec == base.tokenizer_spec
+    assert adapter.train_config == {"lora_rank": 4} and adapter.train_loss == 1.5
+    assert all(torch.equal(adapter.state_dict[k], v) for k, v in lora_weights().items())
+    assert peek_checkpoint(adapter_path).base_checksum == base.checksum
+    adapter.check_base(base)  # the model it belongs to: fine
+    other = load_checkpoint(rewrite(path, tmp_path / "other.safetensors"))  # same weights, same checksum: fine too
+    adapter.check_base(other)
+    save_checkpoint(tmp_path / "different.safetensors", tiny_model(seed=5), SPEC, step=1)
+    with pytest.raises(GptkitError, match=f"was trained on the base model {base.checksum}, not on this one"):
+        adapter.check_base(load_checkpoint(tmp_path / "different.safetensors"))
+    with pytest.raises(GptkitError, match="is a full model, not an adapter"):
+        base.check_base(base)
+    with pytest.raises(GptkitError, match="this checkpoint is an adapter, not a full model") as info:
+        adapter.build_model()
+    assert "base model" in info.value.hint
+
+
+def test_an_adapter_needs_a_full_model_as_its_base(saved, tmp_path):
+    path, _ = saved
+    base = load_checkpoint(path)
+    save_adapter(tmp_path / "a.safetensors", lora_weights(), base, step=1)
+    with pytest.raises(ValueError, match="base must be a full model"):
+        save_adapter(tmp_path / "b.safetensors", lora_weights(), load_checkpoint(tmp_path / "a.safetensors"), step=1)
+
+
+@pytest.mark.parametrize("changes", [dict(base_checksum=None), dict(base_checksum="12ab"), dict(kind="merged")])
+def test_damaged_kind_metadata(saved, tmp_path, changes):
+    path, _ = saved
+    adapter = tmp_path / "adapter.safetensors"
+    save_adapter(adapter, lora_weights(), load_checkpoint(path), step=1)
+    damaged = rewrite(adapter, tmp_path / "damaged.safetensors", **changes)
+    with pytest.raises(GptkitError, match="has damaged metadata"):
+        load_checkpoint(damaged)
+
+
+# --- the header, without torch ------------------------------------------------------------------------
+
+
+def test_header_reader_lists_tensors_and_metadata(saved):
+    path, model = saved
+    header = read_checkpoint_header(path)
+    with safe_open(str(path), framework="pt") as f:
+        assert header.metadata == f.metadata()
+    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied: stored once
+    assert set(header.tensors) == set(expected)
+    for name, tensor in expected.items():
+        assert header.tensors[name] == TensorInfo("F32", tuple(tensor.shape)), name
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999, 10 / 100_000])
+def test_header_reader_refuses_truncated_files(saved, keep):
+    path, _ = saved
+    raw = path.read_bytes()
+    path.write_bytes(raw[: max(int(len(raw) * keep), 4)])
+    with pytest.raises(DamagedFile) as info:
+        read_header(path)
+    assert info.value.message.startswith(f"{path} is not a readable safetensors file (truncated or damaged: ")
+    with pytest.raises(DamagedFile):
+        peek_checkpoint(path)
+
+
+def test_header_reader_refuses_other_files(tmp_path, saved):
+    save_file({"wte": torch.zeros(4, 4)}, str(tmp_path / "model.safetensors"))
+    assert read_header(tmp_path / "model.safetensors").tensors == {"wte": TensorInfo("F32", (4, 4))}
+    with pytest.raises(GptkitError, match="is a safetensors file but not a gptkit.checkpoint file"):
+        read_checkpoint_header(tmp_path / "model.safetensors")
+    newer = rewrite(saved[0], tmp_path / "newer.safetensors", format_version="2")
+    with pytest.raises(GptkitError, match="has format version 2, newer than this gptkit"):
+        read_checkpoint_header(newer)
+    with pytest.raises(GptkitError, match="checkpoint .* does not exist"):
+        read_header(tmp_path / "missing.safetensors")
+
+
+def test_header_reader_needs_no_torch(saved):
+    path, _ = saved
+    code = (
+        "import sys\n"
+        "from gptkit.checkpoint_format import read_checkpoint_header\n"
+        "from gptkit.tokenizers.loading import load_tokenizer\n"
+        "header = read_checkpoint_header(sys.argv[1])\n"
+        "print(header.tensors['token_embedding.weight'].shape, load_tokenizer(sys.argv[1]).vocab_size, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["(30,", "32)", str(len(SPEC["chars"]) + 1), "False"]
+
+
+def test_checkpoint_modules_import_nothing_above_them():
+    """checkpoint_format.py needs only errors.py; checkpoint.py only the core (never run_folder.py)."""
+    core = {"gptkit", "gptkit.errors", "gptkit.fileio", "gptkit.model", "gptkit.checkpoint_format", "gptkit.tokenizers"}
+    for module, allowed in (("checkpoint_format", {"gptkit.errors"}), ("checkpoint", core)):
+        tree = ast.parse((Path(gptkit.__file__).parent / f"{module}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert {name for name in imported if name.startswith("gptkit")} <= allowed, module

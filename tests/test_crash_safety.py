@@ -29,7 +29,7 @@ from gptkit.errors import GptkitError
 from gptkit.fileio import atomic_open, atomic_write_bytes
 from gptkit.loss_guard import BadLoss
 from gptkit.model import GPT
-from gptkit.run_folder import CKPT_NAME, saved_steps, step_paths
+from gptkit.run_folder import CKPT_NAME, load_run_checkpoint, saved_steps, step_paths
 from gptkit.train import train
 
 # Runs training in a child process whose N-th file write stops half-way: the bytes written so far are
@@ -111,7 +111,7 @@ def flip_a_byte(path, offset_from_end=100):
 def test_a_damaged_checkpoint_names_the_file_and_the_last_good_one(damage, problem, finished_run):
     damage(step_paths(finished_run, 30).checkpoint)  # also ckpt.safetensors: the same file
     with pytest.raises(GptkitError) as error:
-        load_checkpoint(finished_run / CKPT_NAME)
+        load_run_checkpoint(finished_run / CKPT_NAME)
     assert str(finished_run / CKPT_NAME) in error.value.message and problem in error.value.message
     good = step_paths(finished_run, 25).checkpoint
     assert error.value.hint.startswith(f"the last good checkpoint is {good} (step 25)")
@@ -144,7 +144,7 @@ def test_every_damaged_checkpoint_means_no_good_one(finished_run):
     for point in saved_steps(finished_run):
         flip_a_byte(point.checkpoint)
     with pytest.raises(GptkitError) as error:
-        load_checkpoint(finished_run / "best.safetensors")
+        load_run_checkpoint(finished_run / "best.safetensors")
     assert "no other good checkpoint" in error.value.hint
 
 

@@ -203,3 +203,16 @@ def test_a_dtype_the_format_cannot_store_is_bad_usage(tmp_path, char_tokenizer):
     ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", char_tokenizer, **CASES["gpt2-bias-tied"])
     result = run_gptkit("export", "--ckpt", str(ckpt), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--dtype", "bfloat16", check=False)
     assert result.returncode == 2 and "does not take --dtype bfloat16" in result.stderr.decode()
+
+
+def test_an_adapter_checkpoint_is_refused(tmp_path, char_tokenizer):
+    """An adapter holds only its own weights: there is nothing whole to export until it is merged."""
+    from gptkit.checkpoint import load_checkpoint, save_adapter
+    from tokenizer_fixtures import run_gptkit
+
+    base = make_checkpoint(tmp_path / "base.safetensors", char_tokenizer, **CASES["gpt2-bias-tied"])
+    adapter = tmp_path / "adapter.safetensors"
+    save_adapter(adapter, {"lora_A": torch.zeros(2, 32)}, load_checkpoint(base), step=1)
+    result = run_gptkit("export", "--ckpt", str(adapter), "--format", "hf", "--out", str(tmp_path / "hf"), check=False)
+    message = result.stderr.decode()
+    assert result.returncode == 1 and "is an adapter, not a full model" in message and "merge the adapter" in message

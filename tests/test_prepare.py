@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SHAKESPEARE_SHA256
 from gptkit.errors import GptkitError, UsageError
-from gptkit.prepare import Document, prepare_documents, prepare_shakespeare, prepare_text, split_documents
+from gptkit.prepare import Document, prepare_documents, prepare_shakespeare, prepare_text, split_documents, train_val_cut
 from gptkit.shards import Split, read_meta, read_shard
 from gptkit.tokenizers import ENDOFTEXT, tokenizer_from_spec
 
@@ -176,6 +176,22 @@ def test_split_documents_boundaries():
     assert split_documents(docs, 0.6) == {"train": ["aaaa"], "val": ["bbbbbb"]}
     assert split_documents(docs, 0.5) == {"train": ["aaaa", "b"], "val": ["bbbbb"]}
     assert split_documents(docs, 0.0) == {"train": ["aaaa", "bbbbbb"], "val": []}
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.37, 0.5])
+def test_the_in_memory_and_streaming_paths_cut_at_the_same_character(tmp_path, fraction):
+    """prepare_documents and prepare_text share train_val_cut: the same three files give the same
+    split texts whichever path reads them (the streaming one in blocks, a file straddling the cut)."""
+    texts = ["alpha beta\n" * 7, "gamma\n" * 11, "delta epsilon\n" * 5]
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(text, encoding="utf-8")
+    in_memory = split_documents([Document(str(i), t) for i, t in enumerate(texts)], fraction)
+    prepare_text([tmp_path / f"{i}.txt" for i in range(3)], tmp_path / "data", "char", fraction, workers=1)
+    cut = train_val_cut(sum(map(len, texts)), fraction)
+    assert "".join(in_memory["train"]) == "".join(texts)[:cut]
+    for split in ("train", "val"):
+        streamed = split_text(tmp_path / "data", split).replace("<|endoftext|>", "")  # between files
+        assert streamed == "".join(in_memory[split])
 
 
 @pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5])

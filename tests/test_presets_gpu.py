@@ -126,7 +126,39 @@ def test_dtype_auto_is_float16_on_gpus_that_only_emulate_bf16(monkeypatch, capab
     pretends to have one GPU of the given compute capability."""
     pretend_gpu(monkeypatch, capability, triton=True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):  # resolve_runtime turns TF32 on
-        monkeypatch.setattr(backend, "allow_tf32", backend.allow_tf32)
+    # resolve_runtime turns TF32 on; conftest's _global_torch_state_restored turns it back after the test
     runtime = resolve_runtime("cuda", "auto")
     assert runtime.dtype == expected and runtime.needs_grad_scaler == (expected == torch.float16)
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 matmuls may run in TF32, asked the way the running torch wants to be asked."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return matmul.allow_tf32
+
+
+def test_a_cuda_runtime_turns_tf32_on_and_a_cpu_one_leaves_it(monkeypatch):
+    """Through `fp32_precision` where torch has it: torch >= 2.9 refuses reads of the legacy flag
+    after the new API was used, so setting the legacy one would break code that asks the new way."""
+    assert not tf32_enabled()  # torch's default, put back after every test by conftest
+    resolve_runtime("cpu", "auto")
+    assert not tf32_enabled()
+    pretend_gpu(monkeypatch, (8, 0), triton=True)
+    resolve_runtime("cuda", "auto")
+    assert tf32_enabled()
+
+
+def test_tf32_falls_back_to_the_legacy_flags_on_a_torch_without_fp32_precision(monkeypatch):
+    """torch < 2.9 has only `allow_tf32` (on cuBLAS and on cuDNN); stand-ins without `fp32_precision`
+    play that torch."""
+    from types import SimpleNamespace
+
+    from gptkit.devices import allow_tf32
+
+    legacy_matmul, legacy_cudnn = SimpleNamespace(allow_tf32=False), SimpleNamespace(allow_tf32=False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", legacy_matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", legacy_cudnn)
+    allow_tf32()
+    assert legacy_matmul.allow_tf32 is True and legacy_cudnn.allow_tf32 is True

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptkit.errors import GptkitError
+from gptkit.loader import RandomBatches
 from gptkit.shards import (
     HEADER_BYTES,
     MAGIC_UINT16,
@@ -203,8 +204,13 @@ def test_split_open(three_shard_split, tmp_path):
     assert "train, val" in info.value.hint
 
 
-def test_sample_batch_targets_are_inputs_shifted_by_one(three_shard_split):
-    x, y = three_shard_split.sample_batch(64, 8, torch.Generator().manual_seed(0))
+def random_batch(split: Split, batch_size: int, block_size: int, seed: int) -> tuple:
+    """One batch of the `random` sampler (gptkit.loader.RandomBatches) over `split`, seeded afresh."""
+    return RandomBatches(split, batch_size=batch_size, block_size=block_size, seed=seed).next_batch()
+
+
+def test_random_windows_targets_are_inputs_shifted_by_one(three_shard_split):
+    x, y = random_batch(three_shard_split, 64, 8, seed=0)
     assert x.shape == y.shape == (64, 8) and x.dtype == y.dtype == torch.int64
     # Tokens are positions, and a window never crosses a shard boundary: each row counts up by one.
     assert torch.equal(y, x + 1)
@@ -212,17 +218,17 @@ def test_sample_batch_targets_are_inputs_shifted_by_one(three_shard_split):
     assert torch.equal(x - x[:, :1], torch.arange(8).expand(64, 8))
 
 
-def test_sample_batch_is_reproducible(three_shard_split):
-    a = three_shard_split.sample_batch(16, 8, torch.Generator().manual_seed(42))
-    b = three_shard_split.sample_batch(16, 8, torch.Generator().manual_seed(42))
-    c = three_shard_split.sample_batch(16, 8, torch.Generator().manual_seed(43))
+def test_random_windows_are_reproducible(three_shard_split):
+    a = random_batch(three_shard_split, 16, 8, seed=42)
+    b = random_batch(three_shard_split, 16, 8, seed=42)
+    c = random_batch(three_shard_split, 16, 8, seed=43)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
 
 
-def test_sample_batch_spans_every_shard_and_every_start(three_shard_split):
+def test_random_windows_span_every_shard_and_every_start(three_shard_split):
     block = 8
-    x, _ = three_shard_split.sample_batch(4000, block, torch.Generator().manual_seed(1))
+    x, _ = random_batch(three_shard_split, 4000, block, seed=1)
     starts = set(x[:, 0].tolist())
     # Valid starts: shard k's offsets 0 .. len-block-1, in stream positions.
     expected = set(range(0, 42)) | set(range(50, 72)) | set(range(80, 112))

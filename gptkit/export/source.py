@@ -104,9 +104,15 @@ class ExportSource:
 
 def read_source(ckpt: str | Path) -> ExportSource:
     """Load and verify a checkpoint, check that it exports, and prepare its weights (module docstring)."""
-    from gptkit.checkpoint import load_checkpoint
+    from gptkit.checkpoint_format import MODEL
+    from gptkit.run_folder import load_run_checkpoint
 
-    checkpoint = load_checkpoint(ckpt)
+    checkpoint = load_run_checkpoint(ckpt)  # a damaged file's error names the run's last good checkpoint
+    if checkpoint.kind != MODEL:
+        raise GptkitError(
+            f"{ckpt} is an {checkpoint.kind}, not a full model, and exports need every weight",
+            hint="merge the adapter into its base model first, then export the merged checkpoint",
+        )
     config = checkpoint.model_config
     architecture = architecture_of(config)
     tokenizer = checkpoint.tokenizer()

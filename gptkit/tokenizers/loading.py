@@ -7,8 +7,8 @@
     data/shakespeare                  a data folder written by `gptkit prepare` (meta.json)
     out/ckpt.safetensors  (or out/)   a checkpoint: the spec is in its metadata
 
-Checkpoints are read for their metadata only (the safetensors header), without loading weights or
-importing torch, so `gptkit tokenize encode --tokenizer out/` starts instantly.
+Checkpoints are read for their metadata only (the safetensors header, see checkpoint_format.py),
+without loading weights or importing torch, so `gptkit tokenize encode --tokenizer out/` starts instantly.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gptkit.checkpoint_format import CKPT_NAME, read_checkpoint_header
 from gptkit.errors import GptkitError, UsageError
 from gptkit.tokenizers.base import Tokenizer
 from gptkit.tokenizers.bpe import BPETokenizer
@@ -24,8 +25,6 @@ from gptkit.tokenizers.pretrained import PRETRAINED, TiktokenTokenizer
 from gptkit.tokenizers.sentencepiece_tokenizer import MODEL_TYPES, SentencePieceTokenizer
 
 TRAINABLE = ("char", "bpe", "sp-bpe", "sp-unigram")  # kinds that learn their vocabulary from a corpus
-CHECKPOINT_FORMAT = "gptkit.checkpoint"  # as checkpoint.CHECKPOINT_FORMAT (not imported: it imports torch)
-CHECKPOINT_NAME = "ckpt.safetensors"  # the last checkpoint of a run folder
 
 
 def _require(spec: dict, key: str, kind: type):
@@ -64,19 +63,11 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
 
 def checkpoint_tokenizer_spec(path: Path) -> dict:
     """The tokenizer spec in a checkpoint's metadata, read without loading the weights."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise GptkitError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
-    if metadata.get("format") != CHECKPOINT_FORMAT or "tokenizer" not in metadata:
-        raise GptkitError(f"{path} is a safetensors file but not a gptkit checkpoint", hint="pass one written by `gptkit train`")
+    metadata = read_checkpoint_header(path).metadata
     try:
         return json.loads(metadata["tokenizer"])
-    except json.JSONDecodeError:
-        raise GptkitError(f"{path} has a damaged tokenizer spec in its metadata") from None
+    except (KeyError, json.JSONDecodeError):
+        raise GptkitError(f"{path} has a damaged tokenizer spec in its metadata", hint="use another checkpoint of the run") from None
 
 
 def _json_file(path: Path) -> dict:
@@ -93,11 +84,11 @@ def spec_at(path: Path) -> dict:
     """The tokenizer spec stored at `path`: a folder (saved tokenizer, data folder, run folder), a
     tokenizer.json or meta.json file, or a checkpoint."""
     if path.is_dir():
-        for name in ("tokenizer.json", "meta.json", CHECKPOINT_NAME):
+        for name in ("tokenizer.json", "meta.json", CKPT_NAME):
             if (path / name).is_file():
                 return spec_at(path / name)
         raise GptkitError(
-            f"{path} holds no tokenizer (no tokenizer.json, meta.json or {CHECKPOINT_NAME})",
+            f"{path} holds no tokenizer (no tokenizer.json, meta.json or {CKPT_NAME})",
             hint="pass a folder from `gptkit tokenize train` or `gptkit prepare`, or a checkpoint",
         )
     if path.suffix == ".safetensors":
