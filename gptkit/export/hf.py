@@ -219,6 +219,7 @@ def read_hf_folder(folder: str | Path):
     state: dict[str, torch.Tensor] = {}
     if kind == "gpt2":
         C, L = config["n_embd"], config["n_layer"]
+        # GPT-2 files always hold biases; a model trained without them went out with zeros (source.py).
         has_bias = any(weights[f"transformer.h.0.{n}.bias"].abs().max() > 0 for n in ("ln_1", "attn.c_attn", "mlp.c_fc"))
         model = ModelConfig(
             vocab_size=config["vocab_size"], block_size=config["n_positions"], n_layer=L, n_head=config["n_head"],
