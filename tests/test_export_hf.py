@@ -76,6 +76,20 @@ def test_100_greedy_tokens_match_gptkit_sample(tmp_path, char_tokenizer, case):
     assert got == want
 
 
+def test_100_greedy_tokens_match_the_sample_command(tmp_path, char_tokenizer):
+    """The same through the real CLI: `gptkit sample --temperature 0` prints what transformers generates."""
+    from tokenizer_fixtures import run_gptkit
+
+    _, theirs, ckpt, folder = load_pair(tmp_path, char_tokenizer, "llama-tied-padded")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    result = run_gptkit("sample", "--ckpt", str(ckpt), "--prompt", "JULIET:", "--temperature", "0", "--max-new-tokens", "100",
+                        "--no-echo", "--no-stop-at-eot", "--device", "cpu")
+    theirs.generation_config.eos_token_id = None
+    ids = hf_tokenizer("JULIET:", return_tensors="pt").input_ids
+    generated = theirs.generate(ids, max_new_tokens=100, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+    assert result.stdout.decode("utf-8") == hf_tokenizer.decode(generated) + "\n"
+
+
 def test_the_rotary_permutation_is_needed(tmp_path, char_tokenizer, monkeypatch):
     """gptkit turns channel pairs (2i, 2i+1), transformers' Llama (i, i + D/2): without the row permutation
     the exported model computes something else (so the parity above proves the permutation right)."""
