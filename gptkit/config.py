@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from gptkit.errors import UsageError
@@ -28,29 +28,61 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-COMPONENT_CHOICES = {
-    "position": ("learned", "rope"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "relu2", "swiglu"),
-}
+def option(
+    default,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    flags: tuple[str, ...] = (),
+    panel: str | None = None,
+    resumable: bool = False,
+    derived: bool = False,
+):
+    """A config field described once, for TOML, the command line (gptkit/options.py) and validate().
+
+    help: the sentence `train --help` shows. choices: the allowed values, checked by validate() and listed
+    in the help. flags: the option's declarations when not the plain `--field-name` (aliases, a boolean
+    pair such as "--bias/--no-bias"). panel: the help section. resumable: `train --resume` may change it
+    (resume.py); every other setting given on resume must equal the saved run's. derived: set by `train`
+    itself (from the data), so it has no option."""
+    meta = dict(help=help, choices=choices, flags=flags, panel=panel, resumable=resumable, derived=derived)
+    return field(default=default, metadata=meta)
+
+
+def choices_of(cls, name: str) -> tuple[str, ...] | None:
+    """The allowed values of config field `name` of dataclass `cls` (None: any value of its type)."""
+    return cls.__dataclass_fields__[name].metadata.get("choices")
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+MODEL = "Model"
 
 
 @dataclass
 class ModelConfig:
     """Everything needed to build the network. Saved in every checkpoint's metadata."""
 
-    vocab_size: int = 50257  # set from the data's tokenizer by `train`
-    vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64: faster matmuls on GPUs)
-    block_size: int = 1024  # context length: the longest sequence the model sees
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # GPT-2 has biases in Linear and LayerNorm; False is a little faster and as good
-    position: str = "learned"  # learned | rope
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu2 | swiglu
-    tie_embeddings: bool = True  # output layer = token embedding matrix (transposed)
+    vocab_size: int = option(50257, "Token ids the model knows.", derived=True, panel=MODEL)  # from the data's tokenizer
+    vocab_multiple: int = option(1, "Pad the embedding rows to a multiple of this (64: faster matmuls on GPUs).", panel=MODEL)
+    block_size: int = option(1024, "Context length in tokens: the longest sequence the model sees.", panel=MODEL)
+    n_layer: int = option(12, "Transformer blocks.", panel=MODEL)
+    n_head: int = option(12, "Attention heads per block.", panel=MODEL)
+    n_embd: int = option(768, "Embedding width.", panel=MODEL)
+    dropout: float = option(0.0, "Dropout probability.", panel=MODEL)
+    bias: bool = option(
+        True, "Biases in Linear and LayerNorm (GPT-2 has them; without is a little faster and as good).",
+        flags=("--bias/--no-bias",), panel=MODEL,
+    )
+    position: str = option("learned", "Position encoding.", choices=("learned", "rope"), panel=MODEL)
+    norm: str = option("layernorm", "Normalization layer.", choices=("layernorm", "rmsnorm"), panel=MODEL)
+    mlp: str = option("gelu", "Feed-forward block.", choices=("gelu", "relu2", "swiglu"), panel=MODEL)
+    tie_embeddings: bool = option(
+        True, "Output layer = token embedding matrix (transposed).",
+        flags=("--tie-embeddings/--untie-embeddings",), panel=MODEL,
+    )
 
     @property
     def padded_vocab_size(self) -> int:
@@ -78,44 +110,69 @@ class ModelConfig:
         return asdict(self)
 
 
+# The swappable parts of the block and their names (model.py builds them).
+COMPONENT_CHOICES = {name: choices_of(ModelConfig, name) for name in ("position", "norm", "mlp")}
+
+RUN, OPTIM, DATA, EVAL, ROBUST = "Run", "Optimization", "Data and parallelism", "Evaluation and logging", "Robustness and monitoring"
+
+
 @dataclass
 class TrainConfig:
-    data: str = "data/shakespeare"  # folder written by `gptkit prepare`
-    out: str = "out"  # run folder: checkpoints, metrics.jsonl, config.toml
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast precision)
-    compile: str = "auto"  # torch.compile the model: auto (on for CUDA, off elsewhere) | true | false
-    seed: int = 1337
-    # optimisation
-    max_iters: int = 5000  # optimizer steps
-    batch_size: int = 64  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4  # cosine decay ends here
-    warmup_iters: int = 100  # linear warmup from 0
-    lr_decay_iters: int = 0  # cosine decay length; 0 means max_iters
-    weight_decay: float = 0.1  # only on tensors with 2+ dimensions (matrices, embeddings)
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
-    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest; see optim.py)
-    muon_lr: float = 0.02  # Muon's peak learning rate (scaled by the schedule like learning_rate)
-    muon_momentum: float = 0.95
-    lr_schedule: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay); see schedule.py
-    cooldown_frac: float = 0.2  # wsd: share of the decay length spent decaying to min_lr
-    # data and parallelism
-    sampler: str = "random"  # random (windows anywhere) | epoch (shuffled, no repeats) | documents; see loader.py
-    parallel: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (shard it); see distributed.py
-    # evaluation and logging
-    eval_interval: int = 250  # steps between evaluations (and checkpoints)
-    eval_iters: int = 20  # batches per split at each evaluation
-    log_interval: int = 10  # steps between progress lines / metrics.jsonl records
-    tensorboard: bool = False  # also write TensorBoard event files into <out>/tensorboard
-    # robustness (docs/robustness.md)
-    keep_checkpoints: int = 3  # saved steps kept in <out>/checkpoints (best.safetensors is kept besides)
-    on_bad_loss: str = "skip"  # a NaN/inf or spiking loss: "skip" that update, or "stop" the run
-    loss_spike_factor: float = 3.0  # a loss above this times the recent mean is a spike; 0 disables
-    max_bad_steps: int = 10  # stop anyway after this many bad steps in a row
+    data: str = option("data/shakespeare", "Data folder from `gptkit prepare`.", flags=("--data", "-d"), panel=RUN, resumable=True)
+    out: str = option("out", "Run folder: checkpoints, metrics.jsonl, config.toml.", flags=("--out", "-o"), panel=RUN, resumable=True)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.", panel=RUN, resumable=True)
+    dtype: str = option("auto", "Autocast precision.", choices=("auto", "float32", "bfloat16", "float16"), panel=RUN, resumable=True)
+    compile: str = option(
+        "auto", "torch.compile the model (auto: on for CUDA, off elsewhere; TOML: auto, true or false).",
+        choices=("auto", "true", "false"), flags=("--compile/--no-compile",), panel=RUN, resumable=True,
+    )
+    seed: int = option(1337, "Random seed (weights, batches, dropout).", panel=RUN)
+    max_iters: int = option(5000, "Optimizer steps.", panel=OPTIM, resumable=True)
+    batch_size: int = option(
+        64, "Sequences per micro-batch (on resume with fewer processes, raise it or --grad-accum: same global batch).",
+        panel=OPTIM, resumable=True,
+    )
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", panel=OPTIM, resumable=True)
+    learning_rate: float = option(1e-3, "Peak learning rate.", flags=("--learning-rate", "--lr"), panel=OPTIM)
+    min_lr: float = option(1e-4, "Learning rate at the end of the decay (every schedule but constant).", panel=OPTIM)
+    warmup_iters: int = option(100, "Linear warmup steps from 0.", panel=OPTIM)
+    lr_decay_iters: int = option(0, "Length of the schedule's decay (0: max_iters).", panel=OPTIM)
+    weight_decay: float = option(0.1, "AdamW weight decay, on tensors of 2+ dimensions (matrices, embeddings).", panel=OPTIM)
+    beta1: float = option(0.9, "AdamW beta1.", panel=OPTIM)
+    beta2: float = option(0.99, "AdamW beta2.", panel=OPTIM)
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).", panel=OPTIM)
+    optimizer: str = option(
+        "adamw", "muon: Muon for hidden matrices, AdamW for the rest (optim.py).", choices=("adamw", "muon"), panel=OPTIM
+    )
+    muon_lr: float = option(0.02, "Muon's peak learning rate (scaled by the schedule like learning_rate).", panel=OPTIM)
+    muon_momentum: float = option(0.95, "Muon's momentum.", panel=OPTIM)
+    lr_schedule: str = option(
+        "cosine", "Learning-rate schedule (wsd: warmup-stable-decay; schedule.py).",
+        choices=("cosine", "linear", "constant", "wsd"), panel=OPTIM,
+    )
+    cooldown_frac: float = option(0.2, "wsd: share of the decay length spent decaying to min_lr.", panel=OPTIM)
+    sampler: str = option(
+        "random", "Training windows: anywhere at random, epochs of shuffled windows, or epochs of windows that start "
+        "at documents (loader.py).", choices=("random", "epoch", "documents"), panel=DATA,
+    )
+    parallel: str = option(
+        "ddp", "Under torchrun: replicate the model (ddp) or shard it (fsdp); distributed.py.",
+        choices=("ddp", "fsdp"), panel=DATA, resumable=True,
+    )
+    eval_interval: int = option(250, "Steps between evaluations (and checkpoints).", panel=EVAL, resumable=True)
+    eval_iters: int = option(20, "Batches per split at each evaluation.", panel=EVAL, resumable=True)
+    log_interval: int = option(10, "Steps between progress lines and metrics.jsonl records.", panel=EVAL, resumable=True)
+    tensorboard: bool = option(
+        False, "Also write TensorBoard logs to OUT/tensorboard (pip install 'gptkit[tensorboard]').",
+        flags=("--tensorboard/--no-tensorboard",), panel=ROBUST, resumable=True,
+    )
+    keep_checkpoints: int = option(3, "Saved steps kept in OUT/checkpoints (best.safetensors is kept besides).", panel=ROBUST, resumable=True)
+    on_bad_loss: str = option(
+        "skip", "A NaN/inf or spiking loss: skip that update, or stop the run.", choices=("skip", "stop"),
+        panel=ROBUST, resumable=True,
+    )
+    loss_spike_factor: float = option(3.0, "A loss above this times the recent mean is a spike (0: off).", panel=ROBUST, resumable=True)
+    max_bad_steps: int = option(10, "Stop anyway after this many bad steps in a row.", panel=ROBUST, resumable=True)
 
     def validate(self) -> list[str]:
         problems = []
@@ -134,26 +191,16 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"train.{name} must be in [0, 1) (got {getattr(self, name)})")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            problems.append(f"train.dtype must be auto, float32, bfloat16 or float16 (got {self.dtype!r})")
-        choices = {
-            "compile": ("auto", "true", "false"),
-            "optimizer": ("adamw", "muon"),
-            "lr_schedule": ("cosine", "linear", "constant", "wsd"),
-            "sampler": ("random", "epoch", "documents"),
-            "parallel": ("ddp", "fsdp"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                problems.append(f"train.{name} must be {' | '.join(allowed)} (got {getattr(self, name)!r})")
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                problems.append(f"train.{f.name} must be {_either(allowed)} (got {getattr(self, f.name)!r})")
         if not 0.0 < self.cooldown_frac <= 1.0:
             problems.append(f"train.cooldown_frac must be in (0, 1] (got {self.cooldown_frac})")
         if not self.muon_lr > 0:
             problems.append(f"train.muon_lr must be positive (got {self.muon_lr})")
         if not 0.0 <= self.muon_momentum < 1.0:
             problems.append(f"train.muon_momentum must be in [0, 1) (got {self.muon_momentum})")
-        if self.on_bad_loss not in ("skip", "stop"):
-            problems.append(f"train.on_bad_loss must be skip or stop (got {self.on_bad_loss!r})")
         if 0 < self.loss_spike_factor <= 1:
             problems.append(f"train.loss_spike_factor must be above 1, or 0 to disable (got {self.loss_spike_factor})")
         return problems

@@ -23,7 +23,8 @@ run reproduce a 1-process run and a checkpoint resumable with any number of proc
 
     loader = make_loader("epoch", split, batch_size=12, block_size=64, seed=1337)
     x, y = loader.next_batch()            # (12, 64) int64 tensors on the CPU
-    loader.save_state(rng, extra)         # into the resume file's RNG tensors / JSON (see train.py)
+    position = loader.state_dict()        # where it is: part of the resume state (train_state.py)
+    loader.load_state_dict(position)
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ class RandomBatches:
         offsets = picks - (self.cumulative[shard_ids] - self.starts_per_shard[shard_ids])
         return _windows(self.split, shard_ids, offsets, self.block_size, self.pin_memory)
 
-    # The generator's state is the sampler's whole position; it is the resume file's "batches" RNG.
-    def save_state(self, rng: dict, extra: dict) -> None:
-        rng["batches"] = self.generator.get_state()
+    # The generator's state is the sampler's whole position (on disk, the resume file's "batches" RNG).
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
 
-    def load_state(self, rng: dict, extra: dict) -> None:
-        if "batches" in rng:
-            self.generator.set_state(rng["batches"])
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:  # absent when the run was started with an epoch sampler
+            self.generator.set_state(state["generator"])
 
 
 class EpochBatches:
@@ -159,13 +160,12 @@ class EpochBatches:
         shard_ids = np.searchsorted(self.shard_begin, starts, side="right") - 1
         return _windows(self.split, shard_ids, starts - self.shard_begin[shard_ids], self.block_size, self.pin_memory)
 
-    # The position is two integers; they go into the resume file's JSON.
-    def save_state(self, rng: dict, extra: dict) -> None:
-        extra["loader"] = {"epoch": self.epoch, "position": self.position}
+    # The position is two integers (on disk, the resume file's JSON "loader").
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
 
-    def load_state(self, rng: dict, extra: dict) -> None:
-        state = extra.get("loader")
-        if state:  # absent when the run was started with the random sampler: start at the beginning
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:  # absent when the run was started with the random sampler: start at the beginning
             self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 

@@ -38,12 +38,15 @@ class LossGuard:
         self.policy = policy
         self.spike_factor = spike_factor
         self.max_bad_steps = max_bad_steps
-        state = state or {}
-        self.recent = deque(state.get("recent", []), maxlen=RECENT_STEPS)
-        self.streak = int(state.get("streak", 0))
+        self.load_state(state)
 
     def state(self) -> dict:
         return {"recent": list(self.recent), "streak": self.streak}
+
+    def load_state(self, state: dict | None) -> None:
+        state = state or {}
+        self.recent = deque(state.get("recent", []), maxlen=RECENT_STEPS)
+        self.streak = int(state.get("streak", 0))
 
     def problem(self, loss: float, grad_norm: float, check_grad_norm: bool = True) -> str | None:
         """What is wrong with a step of this loss and gradient norm, or None when it is healthy."""

@@ -25,12 +25,18 @@ Four details that matter in practice:
     ids are never targets, so training pushes their logits down; sampling drops them (`GPT.unpadded`).
 
 Each component can be swapped from the config, so a student can change one thing and measure it
-(the GPT-2 choice is the default; presets pick others):
+(the GPT-2 choice is the default; presets pick others). Each kind has one table, COMPONENTS[kind]
+(name -> class, every class built as cls(config)); a new choice is one class and one table row,
+plus its name in config.COMPONENT_CHOICES:
 
-    position        learned  | rope    rotary embeddings (Su et al., RoFormer 2021): relative positions
+    position        learned  | rope    rotary embeddings (Su et al., RoFormer 2021): relative positions,
+                                       adjacent channel pairs turned by real cos/sin tables
     norm            layernorm| rmsnorm scale-only normalisation (Zhang & Sennrich 2019): cheaper
     mlp             gelu     | relu2 | swiglu   (So et al., Primer 2021; Shazeer, GLU variants 2020)
     tie_embeddings  True     | False   separate output matrix
+
+The loss skips targets equal to IGNORE_INDEX (-100: prompt tokens, padding) and can be summed
+(`reduction="sum"`) so a training loop weighs every valid token of an optimizer step alike.
 
 `generate.py` drives this model with a KV cache: `forward(idx, cache=...)` appends the keys and
 values of the new positions to the cache instead of recomputing the whole prefix.
@@ -44,6 +50,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptkit.config import COMPONENT_CHOICES, ModelConfig  # the config lives in a torch-free module (fast --help)
+
+
+# A target id that the loss skips (prompt tokens, padding): PyTorch's cross_entropy convention.
+IGNORE_INDEX = -100
 
 
 class KVCache:
@@ -74,42 +84,155 @@ class KVCache:
         return k, v
 
 
-def make_norm(config: ModelConfig) -> nn.Module:
-    """LayerNorm centres and scales each vector; RMSNorm only scales (one reduction fewer)."""
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-5)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+# --- swappable components -----------------------------------------------------------------------------
+# Every component kind has one table, name -> class, and every class is built as cls(config). The
+# names are config.COMPONENT_CHOICES[kind]; adding a choice (ALiBi, another norm) is one class here and
+# one name there.
+
+
+class LayerNorm(nn.LayerNorm):
+    """GPT-2's norm: centre each C-vector, scale it to unit variance, then a learned gain (and bias).
+    (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.n_embd, bias=config.bias)
+
+
+class RMSNorm(nn.RMSNorm):
+    """Scale-only normalisation (Zhang & Sennrich 2019): divide by the root mean square, no centring,
+    no bias; one reduction fewer than LayerNorm. (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.n_embd, eps=1e-5)
+
+
+class LearnedPosition(nn.Embedding):
+    """GPT-2's positions: one learned C-vector per position, added to the token embeddings.
+    Its weight is GPT's `position_embedding.weight` (block_size, C)."""
+
+    acts_in_attention = False  # enters once, at the input
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.block_size, config.n_embd)
+
+    def add_to(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x: (B, T, C) embeddings of positions start..start+T-1 -> x plus their position vectors."""
+        positions = torch.arange(start, start + x.size(1), device=x.device)  # (T,)
+        return x + self(positions)  # (T, C) broadcast over the batch
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding: rotate each pair of query/key channels by an angle proportional to
-    the position. The dot product q.k then depends only on the *distance* between two positions.
+    """Rotary position embedding (Su et al., RoFormer 2021): rotate each pair of query/key channels by
+    an angle proportional to the position, so the score q.k depends only on the *distance* between
+    two positions. Nothing is learned; the cos/sin tables are rebuilt at load, never saved.
 
-    Channel pair i (channels 2i, 2i+1) turns at frequency base^(-2i/D). Read as a complex number
-    a + ib, a pair is rotated by an angle t by multiplying it with e^(it): one complex multiply per
-    pair, about half the time of the cos/sin formulation on CPU.
+    Which channels pair up: ADJACENT ones, (2i, 2i+1) within each head, turning at frequency
+    base^(-2i/D). This is the pairing of the original RoFormer and Meta's Llama code, and the one
+    every gptkit checkpoint was trained with (earlier versions rotated the same pairs as complex
+    numbers), so old checkpoints load unchanged and give the same logits. Hugging Face's Llama pairs
+    channel i with i + D/2 ("halves") instead; an exporter converts by permuting the rows of the
+    query and key projections within each head, once, at export, as HF's own conversion script does.
+
+    Real-valued: a pair (a, b) turned by angle t is (a cos t - b sin t, b cos t + a sin t), written as
+    x * cos + swap(x) * sin with swap(a, b) = (b, a) and the tables laid out per channel:
+    cos = (c0, c0, c1, c1, ...), sin = (-s0, s0, -s1, s1, ...). No complex tensors, so ONNX export,
+    torch.compile and bf16 kernels see only multiplies and adds.
     """
 
-    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+    acts_in_attention = True  # turns queries and keys in every layer; nothing is added at the input
+
+    def __init__(self, config: ModelConfig, base: float = 10000.0):
         super().__init__()
+        head_size = config.n_embd // config.n_head
         inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (D/2,)
-        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, D/2)
-        # e^(i * angle) for every position and pair. Not learned and cheap to rebuild, so not saved in
-        # checkpoints (persistent=False).
-        self.register_buffer("rotation", torch.polar(torch.ones_like(angles), angles), persistent=False)
+        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, D/2)
+        # Not learned and cheap to rebuild, so not saved in checkpoints (persistent=False).
+        self.register_buffer("cos", angles.cos().repeat_interleave(2, dim=-1), persistent=False)  # (block_size, D)
+        sin = angles.sin()
+        self.register_buffer("sin", torch.stack((-sin, sin), dim=-1).flatten(-2), persistent=False)  # (block_size, D)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """x: (B, T, ..., D) at positions start..start+T-1 -> the same shape, rotated."""
         T = x.size(1)
-        rotation = self.rotation[start : start + T].view(T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D/2)
-        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, ..., D/2) complex
-        return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+        shape = (T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D): broadcast over batch and heads
+        cos, sin = self.cos[start : start + T].view(shape), self.sin[start : start + T].view(shape)
+        x32 = x.float()  # rotate in float32 whatever the autocast dtype, as the complex form did
+        pairs = x32.unflatten(-1, (-1, 2))  # (B, T, ..., D/2, 2)
+        swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) for each (a, b)
+        return torch.addcmul(x32 * cos, swapped, sin).type_as(x)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen, apply a nonlinearity, project back.
+
+        x (B, T, C) -> fc (B, T, fc_width) -> activate (B, T, hidden) -> proj (B, T, C)
+
+    The subclasses differ only in `activate` (and SwiGLU in its width)."""
+
+    def __init__(self, config: ModelConfig, hidden: int, fc_width: int):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, fc_width, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.proj.residual_projection = True  # scaled at init, see GPT._init_weights
+        self.dropout = nn.Dropout(config.dropout)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.activate(self.fc(x))))  # (B, T, C)
+
+
+class GeluMLP(MLP):
+    """GPT-2's MLP: 4x wide, GELU. The exact (erf) form: on CPU ~5x faster than the tanh approximation."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, hidden=4 * config.n_embd, fc_width=4 * config.n_embd)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return F.gelu(h)  # (B, T, 4C)
+
+
+class Relu2MLP(MLP):
+    """relu(x)^2, 4x wide: from the Primer architecture search (So et al. 2021); used by modded-nanogpt."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, hidden=4 * config.n_embd, fc_width=4 * config.n_embd)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return F.relu(h).square()  # (B, T, 4C)
+
+
+class SwiGLU(MLP):
+    """A gated unit (Shazeer, GLU variants 2020): silu(x W1) * (x W2). The hidden width is 8/3 C instead
+    of 4C so the parameter count stays that of the 4x MLP; W1 and W2 are the two halves of `fc`."""
+
+    def __init__(self, config: ModelConfig):
+        hidden = 32 * math.ceil(8 * config.n_embd / 3 / 32)  # a multiple of 32 for fast matmuls
+        super().__init__(config, hidden=hidden, fc_width=2 * hidden)  # both halves in one matmul
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        gate, value = h.chunk(2, dim=-1)  # 2 x (B, T, hidden)
+        return F.silu(gate) * value  # (B, T, hidden)
+
+
+COMPONENTS: dict[str, dict[str, type[nn.Module]]] = {
+    "position": {"learned": LearnedPosition, "rope": Rotary},
+    "norm": {"layernorm": LayerNorm, "rmsnorm": RMSNorm},
+    "mlp": {"gelu": GeluMLP, "relu2": Relu2MLP, "swiglu": SwiGLU},
+}
+
+
+def build(kind: str, config: ModelConfig) -> nn.Module:
+    """The component of `kind` that `config` names, e.g. build("norm", config) -> LayerNorm(config)."""
+    return COMPONENTS[kind][getattr(config, kind)](config)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention where position t may only look at positions <= t."""
+    """Multi-head attention where position t may only look at positions <= t.
+    (B, T, C) -> (B, T, C); `rotary`, when given, turns queries and keys by their positions."""
 
-    def __init__(self, config: ModelConfig, layer_index: int):
+    def __init__(self, config: ModelConfig, layer_index: int, rotary: Rotary | None = None):
         super().__init__()
         self.layer_index = layer_index
         self.n_head = config.n_head
@@ -119,7 +242,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.proj.residual_projection = True  # scaled at init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.position == "rope" else None
+        self.rotary = rotary  # one module shared by all layers (its tables are not saved)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -150,49 +273,16 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward network: widen, apply a nonlinearity, project back.
-
-    gelu    GPT-2's choice. The exact (erf) form: on CPU it is ~5x faster than the tanh approximation.
-    relu2   relu(x)^2, from the Primer architecture search; used by modded-nanogpt.
-    swiglu  silu(x W1) * (x W2): a gated unit. The hidden width is 8/3 x instead of 4x so the
-            parameter count stays that of the 4x MLP.
-    """
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.kind = config.mlp
-        if self.kind == "swiglu":
-            hidden = 32 * math.ceil(8 * config.n_embd / 3 / 32)  # a multiple of 32 for fast matmuls
-            self.fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # both halves in one matmul
-        else:
-            hidden = 4 * config.n_embd
-            self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.proj.residual_projection = True
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
-        if self.kind == "swiglu":
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h)
-        return self.dropout(self.proj(h))
-
-
 class Block(nn.Module):
-    """One transformer layer: attention mixes information across positions, the MLP within one."""
+    """One transformer layer: attention mixes information across positions, the MLP within one.
+    (B, T, C) -> (B, T, C)."""
 
-    def __init__(self, config: ModelConfig, layer_index: int):
+    def __init__(self, config: ModelConfig, layer_index: int, rotary: Rotary | None = None):
         super().__init__()
-        self.attn_norm = make_norm(config)
-        self.attn = CausalSelfAttention(config, layer_index)
-        self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
+        self.attn_norm = build("norm", config)
+        self.attn = CausalSelfAttention(config, layer_index, rotary)
+        self.mlp_norm = build("norm", config)
+        self.mlp = build("mlp", config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cache)  # residual connections keep gradients flowing
@@ -201,6 +291,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """The whole model: token ids (B, T) -> logits (B, T, padded_vocab_size), and a loss given targets.
+
+    Built from `config`: the position scheme, the norm and the MLP come from the COMPONENTS tables;
+    `tie_embeddings` decides whether the output layer has its own matrix. State-dict names:
+    token_embedding, position_embedding (learned positions only), blocks.N.{attn_norm, attn.qkv,
+    attn.proj, mlp_norm, mlp.fc, mlp.proj}, final_norm, lm_head (untied only).
+    """
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         problems = config.validate()
@@ -209,10 +307,14 @@ class GPT(nn.Module):
         self.config = config
         # padded_vocab_size rows: the ids from vocab_size up are padding, never produced by the tokenizer.
         self.token_embedding = nn.Embedding(config.padded_vocab_size, config.n_embd)
-        self.position_embedding = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
+        # The position scheme enters either once at the input (a learned table) or in every layer's
+        # attention (rotary: the same cos/sin tables for all layers).
+        position = build("position", config)
+        self.position_embedding = None if position.acts_in_attention else position
+        rotary = position if position.acts_in_attention else None
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.final_norm = make_norm(config)
+        self.blocks = nn.ModuleList(Block(config, i, rotary) for i in range(config.n_layer))
+        self.final_norm = build("norm", config)
         # Tied: the output layer reuses token_embedding.weight, so there is no separate matrix to learn.
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -241,9 +343,15 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids. Returns logits (B, T, padded_vocab_size) and, given targets (B, T), the
-        mean cross-entropy loss of predicting targets[:, t] from idx[:, :t+1].
+        cross-entropy loss of predicting targets[:, t] from idx[:, :t+1].
+
+        Targets equal to IGNORE_INDEX (-100) are masked: they add nothing to the loss. reduction="mean"
+        (the default) averages over the valid targets of this batch (NaN if there are none);
+        reduction="sum" returns their sum, so a training loop can divide by the number of valid
+        targets of a whole optimizer step: (targets != IGNORE_INDEX).sum() over its micro-batches.
 
         The loss is over all padded logits, as in nanoGPT: the padded ids are never targets, so training
         drives their probability towards zero without a mask on the hot path."""
@@ -253,8 +361,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.token_embedding(idx)  # (B, T, C)
         if self.position_embedding is not None:
-            positions = torch.arange(start, start + T, device=idx.device)  # (T,)
-            x = x + self.position_embedding(positions)  # (T, C) broadcast over the batch
+            x = self.position_embedding.add_to(x, start)  # (B, T, C) + (T, C)
         x = self.embedding_dropout(x)
         for block in self.blocks:
             x = block(x, cache)
@@ -265,7 +372,9 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
+            loss = F.cross_entropy(
+                logits.view(B * T, -1).float(), targets.reshape(B * T), ignore_index=IGNORE_INDEX, reduction=reduction
+            )  # float32 softmax whatever the autocast dtype
         return logits, loss
 
     def unpadded(self, logits: torch.Tensor) -> torch.Tensor:

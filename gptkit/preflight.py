@@ -9,6 +9,7 @@ checks, independently of each other,
     the data            meta.json, both splits' shards, that each split is longer than the context
     the run folder      free to start in (or --overwrite), or holding a run to --resume
     the saved state     when resuming: checkpoint and resume state verify, match each other and the data
+    the start weights   with init_from: the checkpoint verifies and matches the data
     the extras          --tensorboard has its package
 
 and raises one GptkitError listing every problem found, each with its fix. Nothing is written before
@@ -20,13 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gptkit.checkpoint import Checkpoint
+from gptkit.checkpoint import Checkpoint, load_checkpoint
 from gptkit.config import TrainConfig, config_problems
 from gptkit.devices import Runtime, resolve_runtime
 from gptkit.errors import GptkitError, Problems, UsageError
 from gptkit.model import ModelConfig
 from gptkit.run_folder import ResumePoint, find_resume_point, holds_run, load_resume_point
 from gptkit.shards import SPLITS, Split, read_meta
+from gptkit.train_state import from_resume_files
 
 
 @dataclass
@@ -40,7 +42,8 @@ class RunPlan:
     out: Path
     resume_point: ResumePoint | None = None
     checkpoint: Checkpoint | None = None  # the checkpoint being resumed, verified
-    resume_state: tuple | None = None  # (optimizer state, step, rng states, extra), verified
+    resume_state: dict | None = None  # its TrainState.state_dict(), verified
+    init_from: Checkpoint | None = None  # the weights a fresh run starts from (init_from=), verified
 
 
 def plan_run(
@@ -50,8 +53,10 @@ def plan_run(
     resume: bool = False,
     overwrite: bool = False,
     resume_from: int | None = None,
+    init_from: str | Path | None = None,
 ) -> RunPlan:
-    """Check a run before it starts (see the module docstring); returns what the checks loaded."""
+    """Check a run before it starts (see the module docstring); returns what the checks loaded.
+    init_from (a checkpoint) applies to a fresh run only: a resumed run has its own saved weights."""
     problems = Problems()
     out = Path(cfg.out)
     resume = resume or resume_from is not None
@@ -76,12 +81,22 @@ def plan_run(
         check_out_folder(out, resume, overwrite)
         if resume:
             point = find_resume_point(out, resume_from)
-            checkpoint, state = load_resume_point(out, point)
+            checkpoint, saved = load_resume_point(out, point)
+            state = from_resume_files(checkpoint, saved)
+    start = None
+    if init_from is not None and not resume:
+        with problems.check():
+            start = load_checkpoint(init_from)
+    if start is not None and meta is not None:
+        with problems.check():
+            start.check_data(meta, cfg.data, init_from)
     if checkpoint is not None:
         model_config = checkpoint.model_config
         if meta is not None:
             with problems.check():
                 checkpoint.check_data(meta, cfg.data, point.checkpoint)
+    elif start is not None:
+        model_config = start.model_config  # the shape of the weights it starts from
     elif meta is not None:
         model_config = replace(model_config, vocab_size=meta["vocab_size"])
     if model_config.block_size >= 1:
@@ -94,7 +109,7 @@ def plan_run(
         with problems.check():
             require_tensorboard()
     problems.raise_if_any()
-    return RunPlan(model_config, runtime, meta, splits, out, point, checkpoint, state)
+    return RunPlan(model_config, runtime, meta, splits, out, point, checkpoint, state, start)
 
 
 def check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:

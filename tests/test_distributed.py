@@ -22,8 +22,9 @@ import torch.distributed as dist
 
 from conftest import TINY_MODEL, subprocess_env, tiny_configs
 from gptkit.checkpoint import load_checkpoint, load_resume_state
+from gptkit.launch import resume_config
 from gptkit.run_folder import saved_steps
-from gptkit.train import resume_config, train
+from gptkit.train import train
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 

@@ -5,9 +5,10 @@ import torch
 from conftest import tiny_configs
 from gptkit.checkpoint import load_checkpoint
 from gptkit.errors import GptkitError
+from gptkit.launch import resume_config
 from gptkit.loader import EpochBatches, RandomBatches, make_loader
 from gptkit.shards import Split, write_shard
-from gptkit.train import resume_config, train
+from gptkit.train import train
 
 T = 8
 
@@ -107,15 +108,14 @@ def test_position_resumes_exactly(tmp_path):
     for sampler in ("random", "epoch"):
         loader = make_loader(sampler, split, batch_size=7, block_size=T, seed=1)
         starts_of(loader, 9)
-        rng, extra = {}, {}
-        loader.save_state(rng, extra)
+        position = loader.state_dict()
         expected = starts_of(loader, 12)  # crosses into a further epoch
         fresh = make_loader(sampler, split, batch_size=7, block_size=T, seed=1)
-        fresh.load_state(rng, extra)
+        fresh.load_state_dict(position)
         assert starts_of(fresh, 12) == expected
         if sampler == "epoch":
             first_epoch = len(fresh._epoch_order(0))  # about 290 / 8 windows
-            assert extra["loader"] == {"epoch": 1, "position": 9 * 7 - first_epoch}
+            assert position == {"epoch": 1, "position": 9 * 7 - first_epoch}
 
 
 def test_document_windows_start_right_after_endoftext(tmp_path):

@@ -255,7 +255,7 @@ def test_rotary_scores_depend_only_on_the_distance_between_positions():
     from gptkit.model import Rotary
 
     torch.manual_seed(0)
-    rotary = Rotary(head_size=8, block_size=32)
+    rotary = Rotary(ModelConfig(n_embd=8, n_head=1, block_size=32))
     q, k = torch.randn(8), torch.randn(8)
 
     def at(vec, pos):  # place `vec` at position `pos` of a (1, T, 1, D) tensor and rotate it
@@ -342,3 +342,105 @@ def test_training_pushes_the_padded_ids_down():
         optimizer.step()
     assert before > 0.4  # 61 of 128 nearly uniform logits at init
     assert padded_probability() < before / 10
+
+
+# --- rotary as cos/sin tables, one table per component, masked and summed losses -----------------------
+
+
+def complex_rotary_reference(x: torch.Tensor, start: int, block_size: int, base: float = 10000.0) -> torch.Tensor:
+    """The rotary embedding of gptkit <= 0.x, kept here as the reference: adjacent channel pairs
+    (2i, 2i+1) read as complex numbers and multiplied by e^(i * position * base^(-2i/D))."""
+    D, T = x.size(-1), x.size(1)
+    inv_freq = base ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)
+    rotation = torch.polar(torch.ones_like(angles), angles)[start : start + T].view(T, *[1] * (x.dim() - 3), -1)
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+
+
+def test_real_rotary_equals_the_complex_form_it_replaced():
+    from gptkit.model import Rotary
+
+    rotary = Rotary(ModelConfig(n_embd=64, n_head=4, block_size=32))
+    x = torch.randn(3, 20, 2, 4, 16, generator=torch.Generator().manual_seed(0))
+    for start in (0, 5, 12):
+        torch.testing.assert_close(rotary(x, start), complex_rotary_reference(x, start, 32), rtol=0, atol=1e-6)
+    assert not any("rotary" in k for k in GPT(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32, position="rope")).state_dict())
+
+
+def test_a_checkpoint_of_the_complex_rotary_model_gives_the_same_logits():
+    """Same weights, attention rotated the old (complex) way vs the new (real) way: logits within 1e-6,
+    the model's state-dict keys unchanged (nothing rotary is saved, so old files load strictly)."""
+    from gptkit.model import CausalSelfAttention
+
+    new = tiny_model(position="rope", norm="rmsnorm", mlp="swiglu")
+    old = tiny_model(position="rope", norm="rmsnorm", mlp="swiglu")
+    old.load_state_dict(new.state_dict(), strict=True)
+    block_size = old.config.block_size
+
+    class ComplexRotary(torch.nn.Module):
+        def forward(self, x, start):
+            return complex_rotary_reference(x, start, block_size)
+
+    for module in old.modules():
+        if isinstance(module, CausalSelfAttention):
+            module.rotary = ComplexRotary()
+    idx = random_ids(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(new(idx)[0], old(idx)[0], rtol=0, atol=1e-6)
+        cache_new, cache_old = KVCache(2), KVCache(2)
+        new(idx[:, :7], cache=cache_new), old(idx[:, :7], cache=cache_old)
+        torch.testing.assert_close(new(idx[:, 7:8], cache=cache_new)[0], old(idx[:, 7:8], cache=cache_old)[0], rtol=0, atol=1e-6)
+
+
+def test_every_component_table_offers_exactly_the_configs_choices():
+    from gptkit.config import COMPONENT_CHOICES
+    from gptkit.model import COMPONENTS, build
+
+    assert set(COMPONENTS) == set(COMPONENT_CHOICES)
+    for kind, table in COMPONENTS.items():
+        assert tuple(table) == COMPONENT_CHOICES[kind]
+        for name, cls in table.items():
+            config = ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32, **{kind: name})
+            assert type(build(kind, config)) is cls and cls.__doc__
+
+
+def test_a_masked_target_does_not_change_the_loss():
+    """A -100 target adds nothing: the loss is the mean over the other positions, and it is the same
+    whatever the model predicts at the masked position."""
+    from gptkit.model import IGNORE_INDEX
+
+    assert IGNORE_INDEX == -100
+    model = tiny_model()
+    idx, targets = random_ids(2, 12), random_ids(2, 12, seed=5)
+    masked = targets.clone()
+    masked[0, 3] = IGNORE_INDEX
+    with torch.no_grad():
+        logits, loss = model(idx, masked)
+        keep = masked.reshape(-1) != IGNORE_INDEX  # 23 of 24 positions
+        expected = F.cross_entropy(logits.reshape(-1, VOCAB)[keep], targets.reshape(-1)[keep])
+        torch.testing.assert_close(loss, expected)
+        assert not torch.allclose(model(idx, targets)[1], loss)  # unmasked, that position counts
+        # The same loss when the masked position's logits change (its own input token changes; causal
+        # attention keeps earlier positions as they were, so mask every later target too).
+        later_masked = masked.clone()
+        later_masked[0, 4:] = IGNORE_INDEX
+        changed = idx.clone()
+        changed[0, 3] = (changed[0, 3] + 1) % VOCAB
+        torch.testing.assert_close(model(changed, later_masked)[1], model(idx, later_masked)[1], rtol=0, atol=1e-6)
+
+
+def test_summed_loss_divided_by_valid_targets_is_the_mean():
+    from gptkit.model import IGNORE_INDEX
+
+    model = tiny_model()
+    idx, targets = random_ids(2, 12), random_ids(2, 12, seed=5)
+    targets[1, :4] = IGNORE_INDEX
+    with torch.no_grad():
+        _, mean = model(idx, targets)
+        _, total = model(idx, targets, reduction="sum")
+        _, default = model(idx, targets)
+    valid = (targets != IGNORE_INDEX).sum()
+    assert valid == 20
+    torch.testing.assert_close(total / valid, mean)
+    assert torch.equal(default, mean)

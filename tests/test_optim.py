@@ -6,10 +6,11 @@ import torch
 from conftest import TINY_MODEL, tiny_configs
 from gptkit.checkpoint import load_checkpoint, load_resume_state, save_resume_state
 from gptkit.config import TrainConfig
+from gptkit.launch import resume_config
 from gptkit.model import GPT, ModelConfig
 from gptkit.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize, set_learning_rate
 from gptkit.schedule import learning_rate_at
-from gptkit.train import resume_config, train
+from gptkit.train import train
 
 
 def old_cosine(step, cfg):

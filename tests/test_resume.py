@@ -124,13 +124,15 @@ def test_float16_grad_scaler_is_saved_and_restored(tiny_data, tiny_toml, tmp_pat
 
 def test_rng_states_round_trip():
     generator = torch.Generator().manual_seed(3)
-    tensors, states = capture_rng_states(generator)
+    tensors, states = capture_rng_states()
+    generator_state = generator.get_state()  # a batch sampler's generator is the loader's state, not a global RNG
 
     def draws():
         return random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item()
 
     first = draws()
-    restore_rng_states(tensors, states, generator)
+    restore_rng_states(tensors, states)
+    generator.set_state(generator_state)
     assert draws() == first
 
 

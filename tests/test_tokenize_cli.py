@@ -168,7 +168,7 @@ def test_inspect_colours_tokens_in_a_terminal(tok_dir, monkeypatch):
 
     from rich.console import Console
 
-    from gptkit.cli_tokenize import _render_inspect
+    from gptkit.cli.tokenize import _render_inspect
     from gptkit.tokenization import inspect_tokenizer
 
     monkeypatch.delenv("NO_COLOR", raising=False)  # conftest turns colour off for every test; this one is about colour

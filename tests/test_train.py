@@ -10,13 +10,14 @@ from conftest import TINY_MODEL, make_corpus, tiny_configs
 from gptkit.checkpoint import load_checkpoint, load_resume_state, weights_checksum
 from gptkit.config import TrainConfig, resolve_config
 from gptkit.errors import GptkitError
+from gptkit.launch import resume_config
 from gptkit.loss_guard import BadLoss
 from gptkit.model import GPT, ModelConfig
 from gptkit.monitor import Monitor
 from gptkit.prepare import prepare_text
 from gptkit.run_folder import saved_steps, step_paths
 from gptkit.shards import read_meta
-from gptkit.train import learning_rate_at, make_optimizer, resume_config, train
+from gptkit.train import learning_rate_at, make_optimizer, train
 
 if sys.version_info >= (3, 11):
     import tomllib

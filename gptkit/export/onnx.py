@@ -61,7 +61,7 @@ class CachedForward(nn.Module):
         C = model.config.n_embd
         x = model.token_embedding(input_ids)  # (B, T, C)
         if model.position_embedding is not None:
-            x = x + model.position_embedding(torch.arange(P, P + T, device=input_ids.device))
+            x = model.position_embedding.add_to(x, P)  # learned positions P..P+T-1
         seen = torch.arange(P + T, device=input_ids.device)[None, :] <= (P + torch.arange(T, device=input_ids.device))[:, None]
         keys, values = [], []
         for layer, block in enumerate(model.blocks):

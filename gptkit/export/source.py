@@ -32,7 +32,7 @@ ARCHITECTURES = {
     "gpt2": {"position": "learned", "norm": "layernorm", "mlp": "gelu"},
     "llama": {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
 }
-NORM_EPS = 1e-5  # model.make_norm: nn.LayerNorm's default eps and the eps gptkit gives nn.RMSNorm
+NORM_EPS = 1e-5  # model.LayerNorm (nn.LayerNorm's default eps) and model.RMSNorm (given eps=1e-5)
 ROPE_BASE = 10000.0  # model.Rotary's default base
 
 

@@ -1,6 +1,6 @@
-"""`gptkit tokenize train|encode|decode|inspect`: the tokenizer commands, registered by cli.py.
+"""`gptkit tokenize train|encode|decode|inspect`: the tokenizer commands, registered with the root app.
 
-Same conventions as every command (see cli.py): ids and text on stdout, messages on stderr, one
+Same conventions as every command (see cli/__init__.py): ids and text on stdout, messages on stderr, one
 `Error:` line on a mistake. Made for pipes: `encode | decode` gives back the input byte for byte.
 """
 
@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from gptkit.cli.app import app
 from gptkit.console import CONTEXT, emit_json as _emit_json, log as _log
 from gptkit.errors import UsageError
 
@@ -21,6 +22,7 @@ tokenize_app = typer.Typer(
     context_settings=CONTEXT,
     no_args_is_help=True,
 )
+app.add_typer(tokenize_app, name="tokenize")
 
 TOKENIZER_REF_HELP = (
     "A folder from `tokenize train`, a data folder, a checkpoint (or run folder), or a tiktoken encoding "

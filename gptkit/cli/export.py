@@ -1,4 +1,4 @@
-"""`gptkit export`: the command-line face of gptkit.export (the library does the work)."""
+"""`gptkit export`: a checkpoint to Hugging Face, ONNX or GGUF (the library, gptkit/export/, does the work)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ from pathlib import Path
 
 import typer
 
+from gptkit.cli.app import app
 from gptkit.console import emit_json, log
 
-EPILOG = (
-    "Examples:\n\n"
+
+@app.command(
+    "export",
+    epilog="Examples:\n\n"
     "  gptkit export --ckpt out/ckpt.safetensors --format hf --out out/hf\n\n"
     "  gptkit export --ckpt out/ckpt.safetensors --format onnx --out out/model.onnx\n\n"
-    "  gptkit export --ckpt out/ckpt.safetensors --format gguf --out out/model.gguf --dtype float16"
+    "  gptkit export --ckpt out/ckpt.safetensors --format gguf --out out/model.gguf --dtype float16",
 )
-
-
 def export_cmd(
     ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to export."),
     format: str = typer.Option(..., "--format", "-f", help="hf (a transformers folder) | onnx | gguf (llama.cpp)."),
@@ -30,9 +31,9 @@ def export_cmd(
 
     GPT-2-style models (learned positions, LayerNorm, GELU) export as GPT-2, the modern block (rotary, RMSNorm, SwiGLU, no bias) as Llama; docs/export.md shows how to load each.
     """
+    from gptkit.checkpoint import peek_checkpoint
     from gptkit.export import check_options, export
     from gptkit.export.source import architecture_of
-    from gptkit.checkpoint import peek_checkpoint
 
     check_options(format, dtype)  # bad usage first, before reading any weights
     architecture = architecture_of(peek_checkpoint(ckpt).model_config)
