@@ -134,19 +134,24 @@ def test_autotokenizer_gives_gptkits_ids_on_a_mixed_corpus(tmp_path, kind):
 
 
 def test_round_trip_gives_the_original_logits(tmp_path, char_tokenizer):
-    """The exported folder read back into gptkit (hf.read_hf_folder) is the model that was exported."""
+    """The exported folder read back into gptkit (hf.read_hf_folder) is the model that was exported, with
+    its tokenizer: a Checkpoint that a run's init_from can load (Checkpoint.load_into), or save again."""
+    from gptkit.checkpoint import load_checkpoint, save_checkpoint
     from gptkit.export.hf import read_hf_folder
     from gptkit.model import GPT
 
     for case in ("gpt2-nobias-untied-padded", "gpt2-bias-tied", "llama-tied-padded"):
         ours, _, _, folder = load_pair(tmp_path / case, char_tokenizer, case)
-        config, state = read_hf_folder(folder)
-        back = GPT(config)
-        back.load_state_dict(state, strict=True)
+        back = read_hf_folder(folder)
+        model = GPT(back.model_config)
+        back.load_into(model)  # what train(init_from=...) does with a checkpoint
+        save_checkpoint(tmp_path / case / "back.safetensors", model, back.tokenizer_spec, step=back.step, val_loss=back.val_loss)
+        again = load_checkpoint(tmp_path / case / "back.safetensors")
         idx = torch.arange(30).view(1, 30) % char_tokenizer.vocab_size
         with torch.no_grad():
-            torch.testing.assert_close(back.eval()(idx)[0], ours.unpadded(ours(idx)[0]), atol=1e-5, rtol=0)
-        assert (config.bias, config.tie_embeddings) == (ours.config.bias, ours.config.tie_embeddings)
+            torch.testing.assert_close(again.build_model().eval()(idx)[0], ours.unpadded(ours(idx)[0]), atol=1e-5, rtol=0)
+        assert (back.model_config.bias, back.model_config.tie_embeddings) == (ours.config.bias, ours.config.tie_embeddings)
+        assert again.tokenizer().encode("ROMEO:") == char_tokenizer.encode("ROMEO:") and again.val_loss == 2.5
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -161,7 +166,8 @@ def test_the_folder_has_a_model_card_and_generation_config(tmp_path, char_tokeni
     ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", char_tokenizer, **CASES["llama-untied"])
     folder = export(ckpt, "hf", tmp_path / "hf")
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"} <= names
+    assert names == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                     "README.md", "gptkit.json"}
     card = (folder / "README.md").read_text()
     assert "LlamaForCausalLM" in card and "2.5000" in card and "`char`" in card and "data/tiny" in card
     assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == char_tokenizer.eot_id

@@ -5,6 +5,7 @@
     DIR/tokenizer.json (+ tokenizer_config.json)    see tokenizer_files.py
     DIR/generation_config.json   bos/eos ids
     DIR/README.md                a model card: what it is, how it was trained, its val loss
+    DIR/gptkit.json              gptkit's tokenizer spec, step, val loss, train config: what read_hf_folder needs
 
 Layout changes on the way (the rest is renaming):
   * GPT-2: transformers keeps GPT-2's `Conv1D` layers, whose weight is (in, out), the transpose of
@@ -15,7 +16,8 @@ Layout changes on the way (the rest is renaming):
     values and the output projection keep their order.
   * The fused matrices are cut: qkv -> q, k, v; SwiGLU's fc -> gate (first half), up (second half).
 
-`read_hf_folder` undoes all of it, so an exported folder comes back as a gptkit model (round trip).
+`read_hf_folder` undoes all of it: an exported folder comes back as a gptkit Checkpoint (weights, model
+config, tokenizer spec, val loss), ready for `Checkpoint.build_model` or a run's init_from (round trip).
 """
 
 from __future__ import annotations
@@ -194,6 +196,10 @@ def export_hf(source: ExportSource, out: Path, dtype: torch.dtype) -> Path:
     generation = {"bos_token_id": eot, "eos_token_id": eot}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     write_tokenizer_files(source.tokenizer, out, source.config.block_size)
+    # What transformers' files cannot say: gptkit's exact tokenizer and the run's numbers.
+    ours = {"format": "gptkit.hf-export", "tokenizer": source.tokenizer.spec(), "step": source.step,
+            "val_loss": source.val_loss, "train_config": source.train_config}
+    (out / "gptkit.json").write_text(json.dumps(ours, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "README.md").write_text(model_card(source), encoding="utf-8")
     return out
 
@@ -203,17 +209,32 @@ def export_hf(source: ExportSource, out: Path, dtype: torch.dtype) -> Path:
 
 
 def read_hf_folder(folder: str | Path):
-    """A folder written by export_hf -> (ModelConfig, gptkit state dict in float32)."""
+    """A folder written by export_hf -> a gptkit Checkpoint (weights in float32; vocabulary unpadded)."""
     from safetensors.torch import load_file
 
-    from gptkit.config import ModelConfig
+    from gptkit.checkpoint import Checkpoint
 
     folder = Path(folder)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         weights = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+        ours = json.loads((folder / "gptkit.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise GptkitError(f"{folder} is not a Hugging Face model folder ({e})") from None
+        raise GptkitError(
+            f"{folder} is not a folder written by `gptkit export --format hf` ({e})",
+            hint="it needs config.json, model.safetensors and gptkit.json",
+        ) from None
+    model, state = _gptkit_weights(folder, config, weights)
+    return Checkpoint(
+        model_config=model, tokenizer_spec=ours["tokenizer"], state_dict=state, step=ours.get("step", 0),
+        val_loss=ours.get("val_loss"), train_config=ours.get("train_config", {}),
+    )
+
+
+def _gptkit_weights(folder: Path, config: dict, weights: dict[str, torch.Tensor]):
+    """transformers' names and layouts -> (ModelConfig, gptkit state dict)."""
+    from gptkit.config import ModelConfig
+
     kind = config.get("model_type")
     tied = bool(config.get("tie_word_embeddings", True))
     state: dict[str, torch.Tensor] = {}
