@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,28 +113,20 @@ class Checkpoint:
                 f"this checkpoint is an {self.kind}, not a full model: it belongs to the base model {self.base_checksum}",
                 hint="load the base model's checkpoint, then apply the adapter to it",
             )
-        model = GPT(self.model_config)
-        self.load_into(model)
-        return model.to(device)
+        self.check_weights()
+        # No fresh weights: the model is built on the meta device and takes the loaded tensors as its own
+        # (so the model and this checkpoint share them), and memory never exceeds what the file holds.
+        return GPT.from_state_dict(self.model_config, self.state_dict).to(device)
+
+    def check_weights(self) -> None:
+        """Refuse weights that are not those of this checkpoint's model config (check_weights_fit)."""
+        if self.kind == MODEL:
+            check_weights_fit(self.model_config, {k: tuple(v.shape) for k, v in self.state_dict.items()})
 
     def load_into(self, model: GPT) -> None:
         """Copy the weights into `model` (built from this checkpoint's config), or say why they don't fit."""
-        config = model.config
-        # The vocabulary-sized matrices first: their rows are vocab_size padded to vocab_multiple, and
-        # torch's size-mismatch message would not say so.
-        for name in ("token_embedding.weight", "lm_head.weight"):
-            saved = self.state_dict.get(name)
-            if saved is not None and saved.dim() == 2 and saved.size(0) != config.padded_vocab_size:
-                raise GptkitError(
-                    f"checkpoint weights do not fit its model config: {name} has {saved.size(0):,} rows, but "
-                    f"vocab_size {config.vocab_size:,} padded to a multiple of vocab_multiple {config.vocab_multiple} "
-                    f"needs {config.padded_vocab_size:,}",
-                    hint="the model config saved with the weights is not theirs; use a checkpoint written by `gptkit train`",
-                )
-        try:
-            model.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as e:
-            raise GptkitError(f"checkpoint weights do not fit its model config: {str(e).splitlines()[0]}") from None
+        check_weights_fit(model.config, {k: tuple(v.shape) for k, v in self.state_dict.items()})
+        model.load_state_dict(self.state_dict, strict=True)
 
     def check_base(self, base: Checkpoint, source: str | Path = "the adapter") -> None:
         """Refuse to apply this adapter (from `source`) to a model other than the one it was trained on."""
@@ -164,6 +157,70 @@ class Checkpoint:
                 f"has {self.model_config.vocab_size:,}",
                 hint="the data folder's meta.json does not match its tokenizer; prepare the data again",
             )
+
+
+ROPE_TABLES_ALLOWANCE = 256 * 2**20  # rotary tables up to this size are fine whatever the weights' size
+
+
+def check_weights_fit(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights (their names and shapes, e.g. from a file's header) that are not those of `config`.
+
+    A checkpoint's metadata decides what gets built, so a stranger's file could claim 20,000 layers
+    over a few megabytes of weights; checked against the tensors it really holds, before anything is
+    allocated, such a file costs nothing. Names the first tensor that differs."""
+    fix = "the model config saved with the weights is not theirs; use a checkpoint written by `gptkit train`"
+    # The vocabulary-sized matrices first: their rows are vocab_size padded to vocab_multiple, which a
+    # bare shape mismatch would not say.
+    for name in ("token_embedding.weight", "lm_head.weight"):
+        saved = shapes.get(name)
+        if saved is not None and len(saved) == 2 and saved[0] != config.padded_vocab_size:
+            raise GptkitError(
+                f"checkpoint weights do not fit its model config: {name} has {saved[0]:,} rows, but "
+                f"vocab_size {config.vocab_size:,} padded to a multiple of vocab_multiple {config.vocab_multiple} "
+                f"needs {config.padded_vocab_size:,}",
+                hint=fix,
+            )
+    outside, block = GPT.expected_shapes(config)
+    summary = f"n_layer {config.n_layer}, n_embd {config.n_embd}, n_head {config.n_head}"
+
+    def check(name: str, shape: tuple[int, ...]) -> None:
+        if name not in shapes:
+            raise GptkitError(f"checkpoint weights do not fit its model config ({summary}): the tensor {name} is missing", hint=fix)
+        if shapes[name] != shape:
+            raise GptkitError(
+                f"checkpoint weights do not fit its model config ({summary}): {name} is {_shape(shapes[name])} in the "
+                f"file, but the config needs {_shape(shape)}",
+                hint=fix,
+            )
+
+    for name, shape in outside.items():
+        check(name, shape)
+    for i in range(config.n_layer):  # stops at the first block the file lacks, however many the config claims
+        for name, shape in block.items():
+            check(f"blocks.{i}.{name}", shape)
+    # Rotary's cos/sin tables are not saved, so no tensor bounds block_size: cap what building them costs.
+    if config.position == "rope":
+        table_bytes = 2 * 4 * config.block_size * (config.n_embd // config.n_head)
+        weight_bytes = 4 * sum(math.prod(shape) for shape in shapes.values())
+        if table_bytes > max(weight_bytes, ROPE_TABLES_ALLOWANCE):
+            raise GptkitError(
+                f"the model config's context (block_size {config.block_size:,}) needs {table_bytes / 2**20:,.0f} MB of rotary "
+                f"tables, more than its weights ({weight_bytes / 2**20:,.1f} MB) justify",
+                hint=fix,
+            )
+    expected = len(outside) + config.n_layer * len(block)  # all present, so the file holds exactly these...
+    if len(shapes) != expected:  # ...or some more
+        names = set(outside) | {f"blocks.{i}.{name}" for i in range(config.n_layer) for name in block}
+        extra = sorted(set(shapes) - names)
+        raise GptkitError(
+            f"checkpoint weights do not fit its model config ({summary}): the file holds the tensor {extra[0]}, "
+            f"which such a model does not have" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""),
+            hint=fix,
+        )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
 
 
 def _describe_tokenizer(spec) -> str:

@@ -83,6 +83,12 @@ class ModelConfig:
         True, "Output layer = token embedding matrix (transposed).",
         flags=("--tie-embeddings/--untie-embeddings",), panel=MODEL,
     )
+    # "tanh": the approximation GPT-2 was trained with; imported GPT-2 weights (hf_import.py) need it
+    # for their logits to match the original's. "none" is the exact (erf) form, faster on CPU.
+    gelu_approximate: str = option(
+        "none", "The GELU of mlp = gelu: none (exact) or tanh (GPT-2's own).", choices=("none", "tanh"), derived=True,
+        panel=MODEL,
+    )  # derived: set by the import (from the weights' own config), not a command-line option
 
     @property
     def padded_vocab_size(self) -> int:
@@ -102,6 +108,8 @@ class ModelConfig:
         for name, choices in COMPONENT_CHOICES.items():
             if getattr(self, name) not in choices:
                 problems.append(f"model.{name} must be one of {', '.join(choices)} (got {getattr(self, name)!r})")
+        if self.gelu_approximate not in ("none", "tanh"):
+            problems.append(f"model.gelu_approximate must be none or tanh (got {self.gelu_approximate!r})")
         if self.position == "rope" and self.n_head >= 1 and (self.n_embd // self.n_head) % 2:
             problems.append("model.position = rope needs an even head size (n_embd / n_head)")
         return problems

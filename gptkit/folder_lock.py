@@ -9,8 +9,9 @@ that writes a folder first takes its lock:
 
 The lock is an OS advisory lock (`flock`) on a small file, not the file's existence: the kernel drops
 it when the process ends, however it ends (kill -9, a crash, a power cut), so there is never a stale
-lock to delete by hand. The file itself stays behind, holding who took the lock last (process id,
-start time, command line), which is what the refusal of a second writer quotes.
+lock to delete by hand. The file holds who took the lock (process id, start time, command line),
+which is what the refusal of a second writer quotes. A writer that finishes deletes it; one that
+crashed leaves it behind, unlocked, and the next writer simply takes it over.
 
 Readers (`sample`, `eval`, `report`, ...) never take the lock: every write is an atomic rename
 (fileio.py), so a reader sees the old file or the new one, never half of one.
@@ -59,16 +60,22 @@ class FolderLock:
         if fcntl is None or self._fd is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise self._busy(holder) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                break
+            # The holder before us deleted the file as it finished, after we opened it: that lock is on
+            # a file nobody else will open again. Start over on the one now at the path.
             os.close(fd)
-            raise self._busy(holder) from None
-        except BaseException:
-            os.close(fd)
-            raise
         # Ours now: record who holds it, for the message a second writer gets.
         record = {
             "pid": os.getpid(),
@@ -82,7 +89,11 @@ class FolderLock:
         return self
 
     def release(self) -> None:
+        """Delete the lock file (a finished writer leaves the folder as it found it), then unlock.
+        After a crash the file stays, unlocked: the next writer takes it over."""
         if self._fd is not None:
+            if _same_file(self._fd, self.path):
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
@@ -105,6 +116,13 @@ class FolderLock:
             hint=f"wait for it to finish, or choose another --out (the lock is {self.path}; it is released "
             "by itself when that process ends)",
         )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _read_holder(fd: int) -> dict:

@@ -40,8 +40,9 @@ SAMPLERS = ("random", "epoch", "documents")
 
 def _windows(split: Split, shard_ids: np.ndarray, offsets: np.ndarray, block_size: int, pin: bool):
     """Read the windows tokens[o : o + T + 1] of the given shards into x (B, T) and y (B, T)."""
-    rows = [split.shards[s][o : o + block_size + 1] for s, o in zip(shard_ids, offsets)]
-    windows = torch.from_numpy(np.stack(rows).astype(np.int64))
+    rows = np.stack([split.shards[s][o : o + block_size + 1] for s, o in zip(shard_ids, offsets)])
+    split.check_ids(rows, shard_ids, offsets)  # a damaged shard stops here, named, before any step uses it
+    windows = torch.from_numpy(rows.astype(np.int64))
     x, y = windows[:, :-1], windows[:, 1:]
     if pin:  # page-locked (and contiguous) memory: the copy to the GPU then runs asynchronously (non_blocking=True)
         x, y = x.contiguous().pin_memory(), y.contiguous().pin_memory()

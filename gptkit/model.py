@@ -45,15 +45,40 @@ values of the new positions to the cache instead of recomputing the whole prefix
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from gptkit.config import COMPONENT_CHOICES, ModelConfig  # the config lives in a torch-free module (fast --help)
 
 
 # A target id that the loss skips (prompt tokens, padding): PyTorch's cross_entropy convention.
 IGNORE_INDEX = -100
+
+
+class _SkipInit(TorchFunctionMode):
+    """Turns torch's in-place initialisers (normal_, uniform_, ...) into no-ops, for shapes_only()."""
+
+    INITIALISERS = {"normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zero_", "zeros_", "ones_", "fill_"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self.INITIALISERS:
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def shapes_only():
+    """Build modules as shapes without memory: on the meta device, with the random init skipped (numbers
+    drawn for tensors that hold none are pointless, and on meta tensors torch would route them through
+    its compiler stack, seconds to import). Loaders use it to check and receive a file's weights."""
+    with torch.device("meta"), _SkipInit():
+        yield
 
 
 class KVCache:
@@ -143,8 +168,16 @@ class Rotary(nn.Module):
 
     def __init__(self, config: ModelConfig, base: float = 10000.0):
         super().__init__()
+        self.base = base
+        self.build_tables(config)
+
+    def build_tables(self, config: ModelConfig) -> None:
         head_size = config.n_embd // config.n_head
-        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (D/2,)
+        if torch.get_default_device().type == "meta":  # shapes only (GPT.expected_shapes): no arithmetic
+            for name in ("cos", "sin"):
+                self.register_buffer(name, torch.empty(config.block_size, head_size), persistent=False)
+            return
+        inv_freq = self.base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (D/2,)
         angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, D/2)
         # Not learned and cheap to rebuild, so not saved in checkpoints (persistent=False).
         self.register_buffer("cos", angles.cos().repeat_interleave(2, dim=-1), persistent=False)  # (block_size, D)
@@ -184,13 +217,15 @@ class MLP(nn.Module):
 
 
 class GeluMLP(MLP):
-    """GPT-2's MLP: 4x wide, GELU. The exact (erf) form: on CPU ~5x faster than the tanh approximation."""
+    """GPT-2's MLP: 4x wide, GELU. The exact (erf) form: on CPU ~5x faster than the tanh approximation,
+    which config.gelu_approximate = "tanh" selects (GPT-2's own: imported GPT-2 weights need it)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config, hidden=4 * config.n_embd, fc_width=4 * config.n_embd)
+        self.approximate = config.gelu_approximate  # "none" | "tanh"
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
-        return F.gelu(h)  # (B, T, 4C)
+        return F.gelu(h, approximate=self.approximate)  # (B, T, 4C)
 
 
 class Relu2MLP(MLP):
@@ -319,7 +354,37 @@ class GPT(nn.Module):
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
 
+    @staticmethod
+    def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """The state dict's tensor shapes for `config`, without allocating any weight: (the tensors outside
+        the blocks, those of one block named without its "blocks.N." prefix). One block is built on the
+        meta device, so even an absurd config costs milliseconds; loaders compare a file's header with
+        this before they build anything (checkpoint.check_weights_fit)."""
+        with shapes_only():
+            one_block = GPT(replace(config, n_layer=1))
+        outside, block = {}, {}
+        for name, tensor in one_block.state_dict().items():
+            if name.startswith("blocks.0."):
+                block[name.removeprefix("blocks.0.")] = tuple(tensor.shape)
+            else:
+                outside[name] = tuple(tensor.shape)
+        return outside, block
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:
+        """A model that uses `state_dict`'s tensors as its weights: built on the meta device (no memory,
+        no random init), then given the tensors themselves, so loading costs no more than the file."""
+        with shapes_only():
+            model = cls(config)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        for module in model.modules():  # the tables no checkpoint saves (rotary cos/sin), built for real
+            if isinstance(module, Rotary):
+                module.build_tables(config)
+        return model
+
     def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "weight", None) is not None and module.weight.is_meta:
+            return  # built on the meta device (shapes only, or to receive loaded tensors): nothing to draw
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "residual_projection", False):

@@ -21,10 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gptkit.checkpoint import Checkpoint, load_checkpoint
+from gptkit.checkpoint import Checkpoint
 from gptkit.config import TrainConfig, config_problems
 from gptkit.devices import Runtime, resolve_runtime
 from gptkit.errors import GptkitError, Problems, UsageError
+from gptkit.hf_import import load_init_checkpoint
 from gptkit.model import ModelConfig
 from gptkit.run_folder import ResumePoint, find_resume_point, holds_run, load_resume_point
 from gptkit.shards import SPLITS, Split, read_meta
@@ -82,11 +83,13 @@ def plan_run(
         if resume:
             point = find_resume_point(out, resume_from)
             checkpoint, saved = load_resume_point(out, point)
+            checkpoint.check_weights()  # before train() builds a model of the config the file claims
             state = from_resume_files(checkpoint, saved)
     start = None
     if init_from is not None and not resume:
         with problems.check():
-            start = load_checkpoint(init_from)
+            start = load_init_checkpoint(init_from)  # a gptkit checkpoint, or Hugging Face GPT-2 weights
+            start.check_weights()  # before train() builds a model of the config it claims
     if start is not None and meta is not None:
         with problems.check():
             start.check_data(meta, cfg.data, init_from)

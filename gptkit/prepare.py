@@ -15,6 +15,9 @@ prepare_text streams: files are read in blocks, cut into pieces that tokenize ex
 (see tokenizers/streaming.py), encoded on every core and written to the shards as they come, so
 memory stays flat whatever the corpus size. A first pass over the files checks that they are UTF-8,
 counts their characters (to place the train/val cut) and hashes them for meta.json.
+
+JSONL and Parquet files (records.py) are read the same way, one row at a time: each row's text field
+is a document, so rows are joined with <|endoftext|> as files are.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from typing import Callable
 import numpy as np
 
 from gptkit.errors import GptkitError, Problems, UsageError
+from gptkit.folder_lock import FolderLock, sibling_lock_path
 from gptkit.shards import SPLITS, ShardWriter, token_dtype_for, write_meta
+from gptkit.records import DEFAULT_TEXT_FIELD, is_record_file, iter_record_texts, scan_record_file
 from gptkit.sources import DATASETS, collect_text_files, fetch_dataset, read_text_blocks, read_text_file
 from gptkit.tokenizers import Tokenizer, build_tokenizer, needs_corpus, tokenizer_from_spec
 from gptkit.tokenizers.streaming import iter_pieces, map_in_processes
@@ -164,7 +169,8 @@ def _check_out(out: str | Path) -> Path:
 def _refuse_foreign_files(out: Path) -> None:
     """An existing data folder is replaced; a folder holding anything else (the user's text, say) is not ours."""
     existing = [p.name for p in out.iterdir()]
-    if not all(n == "meta.json" or n == "tokenizer.json" or n.endswith(".bin") for n in existing):
+    # (.npy: instruction data's example index and loss mask, see instructions.py)
+    if not all(n == "meta.json" or n == "tokenizer.json" or n.endswith((".bin", ".npy")) for n in existing):
         raise GptkitError(
             f"--out {out} already holds files that are not gptkit data ({', '.join(sorted(existing)[:3])} ...)",
             hint="choose an empty or new folder",
@@ -174,14 +180,17 @@ def _refuse_foreign_files(out: Path) -> None:
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A fresh temporary folder beside `out`, swapped in by _finish: a half-prepared folder never
-    looks complete, and a failure leaves the old one untouched."""
+    looks complete, and a failure leaves the old one untouched. One prepare at a time per folder: the
+    lock beside it (folder_lock.py) refuses a second one before it touches the first one's staging."""
     staging = out.with_name(f".{out.name}.preparing")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    finally:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FolderLock(sibling_lock_path(out), out, "data folder"):
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _split_info(writer: ShardWriter, num_bytes: int, log: Callable[[str], None]) -> dict:
@@ -190,9 +199,9 @@ def _split_info(writer: ShardWriter, num_bytes: int, log: Callable[[str], None])
     return {"tokens": writer.total, "bytes": num_bytes, "shards": names, "checksums": writer.checksums}
 
 
-def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source: dict) -> dict:
+def _finish(staging: Path, out: Path, tokenizer: Tokenizer, splits: dict, source: dict, extra: dict | None = None) -> dict:
     tokenizer.save(staging)
-    meta = write_meta(staging, tokenizer.spec(), tokenizer.vocab_size, tokenizer.eot_id, splits, source)
+    meta = write_meta(staging, tokenizer.spec(), tokenizer.vocab_size, tokenizer.eot_id, splits, source, extra)
     if out.exists():
         _replace_data_folder(out, staging)
     else:
@@ -232,10 +241,13 @@ class _HashingReader:
         return data
 
 
-def scan_text_file(path: Path) -> TextFile:
-    """Check that a file is UTF-8 text, count its characters and hash it, reading it in blocks."""
+def scan_text_file(path: Path, text_field: str = DEFAULT_TEXT_FIELD) -> TextFile:
+    """Check that a file is UTF-8 text, count its characters and hash it, reading it in blocks
+    (a JSONL or Parquet file: the texts of its rows' `text_field`)."""
     if path.is_dir():
         raise GptkitError(f"{path} is a folder, not a text file")
+    if is_record_file(path):
+        return TextFile(path, *scan_record_file(path, text_field))
     with open(path, "rb") as f:
         reader = _HashingReader(f)
         chars = sum(len(block) for block in read_text_blocks(reader))
@@ -276,9 +288,11 @@ def prepare_text(
     *,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     workers: int | None = None,
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> dict:
     """Prepare the user's own UTF-8 text files (folders are searched recursively); one document per
-    file. Streams: memory does not grow with the size of the corpus.
+    file, or per row of a .jsonl / .parquet file (its `text_field`). Streams: memory does not grow
+    with the size of the corpus.
 
     Encoding runs on `workers` processes (default: one per core; 1 keeps it in this process). Where
     Python starts processes by re-importing the caller (macOS, Windows), call this from a script under
@@ -293,7 +307,7 @@ def prepare_text(
     problems, files = Problems(), []
     for path in inputs:  # one error names every file that cannot be read
         with problems.check():
-            files.append(scan_text_file(path))
+            files.append(scan_text_file(path, text_field))
     problems.raise_if_any()
     total = sum(f.chars for f in files)
     if total == 0:
@@ -302,15 +316,15 @@ def prepare_text(
     cut = train_val_cut(total, val_fraction)
 
     def train_text() -> Iterator[str]:
-        return (piece for split, pieces in _document_parts(files, cut) if split == "train" for piece in pieces)
+        return (piece for split, pieces in _document_parts(files, cut, text_field) if split == "train" for piece in pieces)
 
-    tokenizer = get_tokenizer(tokenizer, lambda: _all_text(files), train_text, log)
+    tokenizer = get_tokenizer(tokenizer, lambda: _all_text(files, text_field), train_text, log)
     eot = tokenizer.eot_id
 
     def tasks() -> Iterator[tuple[str, str | None]]:
         """(split, piece of text to encode), with (split, None) for an <|endoftext|> between documents."""
         started = set()
-        for split, pieces in _document_parts(files, cut):
+        for split, pieces in _document_parts(files, cut, text_field):
             if split in started and eot is not None:
                 yield split, None
             started.add(split)
@@ -352,24 +366,32 @@ def _encode_task(task: tuple[str, str | None]):
     return split, _worker_tokenizer.encode_to_array(piece), len(piece.encode("utf-8"))
 
 
-def _all_text(files: list[TextFile]) -> Iterator[str]:
+def _document_blocks(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
+    """(document number in the file, block of its text): a text file is one document read in blocks,
+    a JSONL or Parquet file one document per row."""
+    if is_record_file(path):
+        return enumerate(iter_record_texts(path, text_field))
+    return ((0, block) for block in read_text_blocks(path))
+
+
+def _all_text(files: list[TextFile], text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str]:
     for f in files:
-        yield from read_text_blocks(f.path)
+        yield from (block for _, block in _document_blocks(f.path, text_field))
 
 
-def _document_parts(files: list[TextFile], cut: int) -> Iterator[tuple[str, Iterator[str]]]:
-    """(split, its text in cleanly cut pieces) for each file's part in each split, in reading order.
-    A file that straddles the train/val cut has a part in each."""
-    for (split, _), blocks in groupby(_blocks_by_split(files, cut), key=lambda b: b[:2]):
+def _document_parts(files: list[TextFile], cut: int, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[tuple[str, Iterator[str]]]:
+    """(split, its text in cleanly cut pieces) for each document's part in each split, in reading
+    order. A document that straddles the train/val cut has a part in each."""
+    for (split, _), blocks in groupby(_blocks_by_split(files, cut, text_field), key=lambda b: b[:2]):
         yield split, iter_pieces(block for _, _, block in blocks)
 
 
-def _blocks_by_split(files: list[TextFile], cut: int) -> Iterator[tuple[str, int, str]]:
-    """(split, file index, block of text) in reading order: blocks before character `cut` are
-    "train", the rest "val"; the block that straddles the cut is split in two."""
+def _blocks_by_split(files: list[TextFile], cut: int, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[tuple[str, tuple, str]]:
+    """(split, (file index, document number), block of text) in reading order: blocks before
+    character `cut` are "train", the rest "val"; the block that straddles the cut is split in two."""
     seen = 0
     for index, f in enumerate(files):
-        for block in read_text_blocks(f.path):
+        for document, block in _document_blocks(f.path, text_field):
             for split, part in cut_at(block, seen, cut):
-                yield split, index, part
+                yield split, (index, document), part
             seen += len(block)

@@ -22,6 +22,8 @@ import os
 import re
 import shlex
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.checkpoint_format import CKPT_NAME, DamagedFile
 from gptkit.errors import GptkitError
+from gptkit.folder_lock import LOCK_NAME, FolderLock
 from gptkit.fileio import atomic_link, remove_stale_temp_files
 from gptkit.model import GPT
 
@@ -77,6 +80,24 @@ def saved_steps(out: str | Path) -> list[ResumePoint]:
     steps = {step for step, path in _step_files(out) if path.name.endswith(".resume.safetensors")}
     points = [step_paths(out, step) for step in steps]
     return sorted((p for p in points if p.checkpoint.is_file()), key=lambda p: p.step, reverse=True)
+
+
+@contextmanager
+def lock_run_folder(out: str | Path) -> Iterator[None]:
+    """Hold the run folder's one-writer lock (folder_lock.py) for the block, creating the folder;
+    raises FolderBusy naming the holder. A folder this call created and nothing else wrote (a run
+    refused by its checks) is removed again, so a refused run leaves nothing behind."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # not a folder: preflight says so, with its hint
+        yield
+        return
+    created = not out.exists()
+    try:
+        with FolderLock(out / LOCK_NAME, out, "run folder"):
+            yield
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def holds_run(out: str | Path) -> bool:

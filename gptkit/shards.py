@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +237,10 @@ def write_meta(
     eot_id: int | None,
     splits: dict,
     source: dict,
+    extra: dict | None = None,
 ) -> dict:
-    """Write meta.json. `splits` maps split name -> {"tokens", "bytes", "shards": [file names]}."""
+    """Write meta.json. `splits` maps split name -> {"tokens", "bytes", "shards": [file names]}; `extra`
+    adds fields of a special kind of data (instruction data's "kind", "template", ...: instructions.py)."""
     meta = {
         "format": META_FORMAT,
         "format_version": META_VERSION,
@@ -249,6 +251,7 @@ def write_meta(
         "token_dtype": token_dtype_for(vocab_size).name,
         "splits": splits,
         "source": source,
+        **(extra or {}),
     }
     atomic_write_json(Path(data_dir) / "meta.json", meta)
     return meta
@@ -293,6 +296,8 @@ class Split:
 
     name: str
     shards: list[np.ndarray]
+    paths: list[Path] = field(default_factory=list)  # each shard's file, to name a damaged one
+    vocab_size: int | None = None  # ids at or above it mean a damaged shard (check_ids)
 
     @classmethod
     def open(cls, data_dir: str | Path, name: str, meta: dict | None = None) -> "Split":
@@ -308,7 +313,8 @@ class Split:
                 f"{data_dir}: the {name} shards hold {found:,} tokens but meta.json promises {promised:,}",
                 hint="the folder mixes files from different runs of `gptkit prepare`; prepare it again",
             )
-        return cls(name, shards)
+        paths = [data_dir / shard_name for shard_name in info["shards"]]
+        return cls(name, shards, paths, int(meta["vocab_size"]))
 
     @property
     def num_tokens(self) -> int:
@@ -322,6 +328,19 @@ class Split:
                 hint="use more text, a smaller --val-fraction, or a smaller --block-size",
             )
 
+    def check_ids(self, windows: np.ndarray, shard_ids, offsets) -> None:
+        """Stop on an id outside the vocabulary in a batch of windows (rows from shard_ids[i] at offsets[i]).
+
+        llm.c's shards carry no checksum, so a damaged file is only noticed here: one max per batch, on
+        the host before the batch moves (an out-of-range id on a GPU is a device-side assert that kills
+        the process instead of an error; on the CPU an IndexError deep inside the embedding)."""
+        if self.vocab_size is None or not windows.size or int(windows.max()) < self.vocab_size:
+            return
+        row = int(np.argmax((windows >= self.vocab_size).any(axis=1)))
+        col = int(np.argmax(windows[row] >= self.vocab_size))
+        path = self.paths[int(shard_ids[row])] if self.paths else f"a {self.name} shard"
+        raise out_of_vocabulary(path, int(offsets[row]) + col, int(windows[row, col]), self.vocab_size)
+
     def iter_windows(self, block_size: int, batch_size: int, max_batches: int | None = None):
         """Every token once, in order: consecutive non-overlapping windows, `batch_size` at a time.
 
@@ -330,17 +349,21 @@ class Split:
         """
         import torch
 
+        def as_batch(rows: list[tuple[int, int, np.ndarray]]):
+            windows = np.stack([w for _, _, w in rows])
+            self.check_ids(windows, [s for s, _, _ in rows], [o for _, o, _ in rows])
+            windows = torch.from_numpy(windows)
+            return windows[:, :-1], windows[:, 1:]
+
         batch = []
         produced = 0
-        for shard in self.shards:
+        for shard_id, shard in enumerate(self.shards):
             for start in range(0, len(shard) - block_size, block_size):
-                batch.append(np.asarray(shard[start : start + block_size + 1], dtype=np.int64))
+                batch.append((shard_id, start, np.asarray(shard[start : start + block_size + 1], dtype=np.int64)))
                 if len(batch) == batch_size:
-                    windows = torch.from_numpy(np.stack(batch))
-                    yield windows[:, :-1], windows[:, 1:]
+                    yield as_batch(batch)
                     batch, produced = [], produced + 1
                     if max_batches is not None and produced >= max_batches:
                         return
         if batch:
-            windows = torch.from_numpy(np.stack(batch))
-            yield windows[:, :-1], windows[:, 1:]
+            yield as_batch(batch)

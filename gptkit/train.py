@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ from gptkit.run_folder import (
     CKPT_NAME,
     TENSORBOARD_DIR,
     best_saved_val_loss,
+    lock_run_folder,
     prepare_run_folder,
 )
 from gptkit.schedule import learning_rate_at
@@ -134,7 +136,17 @@ def build_state(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime, transfor
     return state, ParallelModel(wrapped, forward, runtime, ctx)
 
 
-def train(
+def train(model_config: ModelConfig, cfg: TrainConfig, **options) -> TrainResult:
+    """Train a GPT on the data folder `cfg.data`, writing the run into `cfg.out` (the options: _train's).
+
+    The run folder has one writer: this process holds its lock (folder_lock.py) from before the first
+    check to the end, so a second `train` on the same --out is refused at once, whatever its options.
+    Under torchrun rank 0 takes it for the job; the other ranks never write the folder."""
+    with lock_run_folder(cfg.out) if distributed.is_main_process() else nullcontext():
+        return _train(model_config, cfg, **options)
+
+
+def _train(
     model_config: ModelConfig,
     cfg: TrainConfig,
     *,
@@ -145,9 +157,7 @@ def train(
     init_from: str | Path | None = None,
     transforms: Sequence[Transform] = (),
 ) -> TrainResult:
-    """Train a GPT on the data folder `cfg.data`, writing the run into `cfg.out`.
-
-    resume continues the newest saved step of `cfg.out`, resume_from=N the saved step N (the steps
+    """The run itself. resume continues the newest saved step of `cfg.out`, resume_from=N the saved step N (the steps
     after it are deleted: the run redoes them). init_from starts a fresh run from a checkpoint's
     weights (and model config); a resumed run ignores it. transforms turn the model into the module
     to train, before DDP/FSDP wrapping. Raises GptkitError listing every problem it finds before

@@ -174,11 +174,34 @@ def test_the_folder_has_a_model_card_and_generation_config(tmp_path, char_tokeni
     assert json.loads((folder / "config.json").read_text())["hidden_act"] == "silu"
 
 
-def test_exact_gelu_and_the_tanh_form_are_told_apart(tmp_path, char_tokenizer):
-    """gptkit's MLP uses the exact (erf) GELU: transformers' "gelu", not "gelu_new" (tanh)."""
-    ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", char_tokenizer, **CASES["gpt2-bias-tied"])
+@pytest.mark.parametrize("approximate, activation", [("none", "gelu"), ("tanh", "gelu_new")])
+def test_exact_gelu_and_the_tanh_form_are_told_apart(tmp_path, char_tokenizer, approximate, activation):
+    """gptkit's GELU is the exact (erf) form, transformers' "gelu"; a model imported from GPT-2's weights keeps
+    the tanh form (gelu_approximate = "tanh"), transformers' "gelu_new". Either way the logits match."""
+    ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", char_tokenizer, gelu_approximate=approximate, **CASES["gpt2-bias-tied"])
     folder = export(ckpt, "hf", tmp_path / "hf")
-    assert json.loads((folder / "config.json").read_text())["activation_function"] == "gelu"
+    assert json.loads((folder / "config.json").read_text())["activation_function"] == activation
+    from gptkit.checkpoint import load_checkpoint
+
+    ours = load_checkpoint(ckpt).build_model("cpu").eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    idx = torch.arange(40).view(1, 40) % char_tokenizer.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, ours.unpadded(ours(idx)[0]), atol=1e-4, rtol=0)
+
+
+def test_gptkits_own_hf_import_reads_the_export_back(tmp_path):
+    """hf_import (what train(init_from=DIR) uses for a Hugging Face folder) takes an exported GPT-2 back."""
+    from gptkit.hf_import import load_init_checkpoint
+
+    tokenizer = small_bpe("gpt2")
+    ours, _, _, folder = load_pair(tmp_path, tokenizer, "gpt2-bias-tied")
+    back = load_init_checkpoint(folder)
+    idx = torch.arange(50).view(1, 50) * 7 % tokenizer.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(back.build_model().eval()(idx)[0], ours.unpadded(ours(idx)[0]), atol=1e-5, rtol=0)
+    text = mixed_corpus()
+    assert back.tokenizer().encode(text) == tokenizer.encode(text)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         started = time.monotonic()
         with FolderLock(tmp_path / LOCK_NAME, tmp_path):  # at once: the kernel dropped the dead process's lock
             assert time.monotonic() - started < 1
-        assert (tmp_path / LOCK_NAME).exists()  # the file stays; only the lock mattered
+            assert (tmp_path / LOCK_NAME).exists()
+        assert not (tmp_path / LOCK_NAME).exists()  # a writer that finishes leaves the folder as it found it
     finally:
         holder.kill()
         holder.wait()

@@ -125,11 +125,11 @@ def test_missing_file(tmp_path):
 # --- meta.json --------------------------------------------------------------------------------------
 
 
-def _meta(tmp_path, **splits):
+def _meta(tmp_path, vocab_size=3, **splits):
     return write_meta(
         tmp_path,
         {"kind": "char", "chars": "ab"},
-        vocab_size=3,
+        vocab_size=vocab_size,
         eot_id=2,
         splits=splits or {"train": {"tokens": 0, "bytes": 0, "shards": []}},
         source={"name": "test"},
@@ -193,7 +193,8 @@ def three_shard_split(tmp_path):
         write_shard(tmp_path / name, np.arange(start, start + size, dtype=np.uint16))
         names.append(name)
         start += size
-    _meta(tmp_path, train={"tokens": start, "bytes": start, "shards": names}, val={"tokens": 0, "bytes": 0, "shards": []})
+    # a vocabulary that holds every position-token (readers stop at ids outside it: check_ids)
+    _meta(tmp_path, start, train={"tokens": start, "bytes": start, "shards": names}, val={"tokens": 0, "bytes": 0, "shards": []})
     return Split.open(tmp_path, "train")
 
 

@@ -60,3 +60,29 @@ def test_folders_without_checksums_still_verify(data):
     _damage(data / "train_000000.bin")
     with pytest.raises(GptkitError, match="outside the vocabulary"):
         verify_data_folder(data)
+
+
+def test_train_and_eval_name_the_damaged_shard(data, tmp_path, run_cli):
+    """Every 500th token overwritten with 65535 (outside the char vocabulary), after prepare."""
+    for name in ("train_000000.bin", "val_000000.bin"):
+        _damage(data / name)
+    model = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2"]
+    result = run_cli("train", "--data", data, "--out", tmp_path / "run", "--max-iters", "3", "--device", "cpu", *model)
+    assert result.code == 1 and "unexpected" not in result.stderr, result.stderr
+    assert "train_000000.bin is damaged: token" in result.stderr and "is 65535, outside the vocabulary" in result.stderr
+    assert "gptkit prepare verify" in result.stderr
+    assert not (tmp_path / "run" / "ckpt.safetensors").exists()  # nothing saved from such a step
+
+    clean = tmp_path / "clean"
+    prepare_text([tmp_path / "t.txt"], clean, "char", 0.1)
+    assert run_cli("train", "--data", clean, "--out", tmp_path / "ok", "--max-iters", "2", "--eval-iters", "1", "--device", "cpu", *model).code == 0
+    result = run_cli("eval", "--ckpt", tmp_path / "ok" / "ckpt.safetensors", "--data", data, "--device", "cpu")
+    assert result.code == 1 and "val_000000.bin is damaged: token" in result.stderr, result.stderr
+
+
+def test_prepare_verify_command(data, run_cli):
+    ok = run_cli("prepare", "verify", data, "--json")
+    assert ok.code == 0 and json.loads(ok.stdout)["checksums_verified"] == 2
+    _damage(data / "val_000000.bin")
+    bad = run_cli("prepare", "verify", data)
+    assert bad.code == 1 and "val_000000.bin is damaged" in bad.stderr and "train_000000" not in bad.stderr

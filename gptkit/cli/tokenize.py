@@ -25,7 +25,7 @@ tokenize_app = typer.Typer(
 app.add_typer(tokenize_app, name="tokenize")
 
 TOKENIZER_REF_HELP = (
-    "A folder from `tokenize train`, a data folder, a checkpoint (or run folder), or a tiktoken encoding "
+    "A folder from `tokenize train`, a data folder, a checkpoint (or run folder), a Hugging Face GPT-2 folder, or a tiktoken encoding "
     "(gpt2, cl100k_base, o200k_base)."
 )
 FORMAT_HELP = "lines (space-separated ids, one line per input line) | jsonl | bin (raw uint16/uint32) | npy."

@@ -45,7 +45,10 @@ TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 
 
 def pre_tokenizer_name(pattern: str) -> str:
     from gptkit.tokenizers.bpe import PATTERNS
+    from gptkit.tokenizers.hf_gpt2 import GPT2_REGEX
 
+    if pattern == GPT2_REGEX:  # GPT-2's regex as Hugging Face writes it (tokenizers imported from a HF folder)
+        return PRE_TOKENIZERS["gpt2"]
     name = next((n for n, regex in PATTERNS.items() if regex == pattern), None)
     if name is None:
         raise GptkitError(
@@ -61,14 +64,16 @@ def gguf_vocabulary(tokenizer, vocab_size: int) -> dict:
 
     if tokenizer.kind == "sentencepiece" and tokenizer.model_type == "bpe":
         return sentencepiece_vocabulary(tokenizer)
-    if tokenizer.kind not in ("bpe", "tiktoken"):
+    from gptkit.tokenizers.tiktoken_backed import TiktokenBackedTokenizer
+
+    if not isinstance(tokenizer, TiktokenBackedTokenizer):  # bpe, tiktoken, hf-bpe
         raise GptkitError(
             f"GGUF export needs a byte-level BPE or SentencePiece BPE tokenizer; this model uses {tokenizer.name}",
             hint="llama.cpp has no equivalent of gptkit's char tokenizer or of SentencePiece unigram's search; "
             "--format hf and onnx take every tokenizer",
         )
     encoding = tokenizer.encoding
-    vocab, merges = byte_level_vocab_and_merges(encoding._mergeable_ranks)
+    vocab, merges = byte_level_vocab_and_merges(tokenizer)
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]  # ids no token uses (gaps before the specials)
     types = [TOKEN_UNUSED] * vocab_size
     for text, token_id in vocab.items():

@@ -8,6 +8,7 @@
     DIR/gptkit.json              gptkit's tokenizer spec, step, val loss, train config: what read_hf_folder needs
 
 Layout changes on the way (the rest is renaming):
+  * GPT-2: exact GELU is transformers' "gelu", the tanh form (gelu_approximate = "tanh") "gelu_new".
   * GPT-2: transformers keeps GPT-2's `Conv1D` layers, whose weight is (in, out), the transpose of
     nn.Linear's (out, in): c_attn, c_proj and c_fc are transposed.
   * Llama: gptkit's rotary embedding turns channel pairs (2i, 2i+1) of each head; transformers' Llama turns
@@ -74,8 +75,9 @@ def hf_config(source: ExportSource, dtype: str) -> dict:
             "n_layer": c.n_layer,
             "n_head": c.n_head,
             "n_inner": source.ffn_hidden,
-            # model.MLP uses F.gelu, the exact erf form: "gelu". ("gelu_new" is the tanh approximation.)
-            "activation_function": "gelu",
+            # gptkit's GELU is the exact erf form ("gelu") unless the model came from GPT-2's weights, whose
+            # tanh approximation it then keeps (config.gelu_approximate = "tanh"): "gelu_new".
+            "activation_function": "gelu_new" if c.gelu_approximate == "tanh" else "gelu",
             "layer_norm_epsilon": NORM_EPS,
             "resid_pdrop": 0.0,
             "embd_pdrop": 0.0,
@@ -245,6 +247,7 @@ def _gptkit_weights(folder: Path, config: dict, weights: dict[str, torch.Tensor]
         model = ModelConfig(
             vocab_size=config["vocab_size"], block_size=config["n_positions"], n_layer=L, n_head=config["n_head"],
             n_embd=C, bias=has_bias, position="learned", norm="layernorm", mlp="gelu", tie_embeddings=tied,
+            gelu_approximate="tanh" if config.get("activation_function") == "gelu_new" else "none",
         )
         state["token_embedding.weight"] = weights["transformer.wte.weight"]
         state["position_embedding.weight"] = weights["transformer.wpe.weight"]

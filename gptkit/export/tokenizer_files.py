@@ -5,8 +5,8 @@ The file is built with the `tokenizers` library (what AutoTokenizer runs), one r
     char              BPE model with no merges: each character is looked up alone; `<unk>` when the
                       tokenizer has one (a char tokenizer without <unk> drops unseen characters, where
                       gptkit refuses them). No pre-tokenizer; the decoder fuses tokens with no spaces.
-    bpe, tiktoken     byte-level BPE: the split regex (Split, "isolated"), then GPT-2's byte-to-unicode
-                      map (ByteLevel without its own regex). Merges: see byte_level_vocab_and_merges.
+    bpe, tiktoken,    byte-level BPE: the split regex (Split, "isolated"), then GPT-2's byte-to-unicode
+    hf-bpe            map (ByteLevel without its own regex). Merges: see byte_level_vocab_and_merges.
     sentencepiece     the same model (BPE or Unigram) over characters, spaces written as "▁", byte
                       fallback <0x..> for characters without a piece (as gptkit trains it: no
                       normalisation, no dummy prefix).
@@ -58,16 +58,23 @@ def byte_string(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
-def byte_level_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """tiktoken ranks (token bytes -> id) as a BPE vocabulary and merge list.
+def byte_level_vocab_and_merges(tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A tiktoken-backed tokenizer's ranks (token bytes -> id) as a BPE vocabulary and merge list.
 
     tiktoken (which runs gptkit's BPE and OpenAI's encodings) repeatedly joins the adjacent pair whose
-    *joined token* has the lowest rank. A merge-list BPE joins the pair listed first. The two agree when
-    every way of cutting a token into two tokens is listed, ordered by the joined token's rank: whichever
-    pair shows up, it merges at the rank tiktoken gives it. (One merge per token is not enough: the pair
-    tiktoken meets depends on which earlier merges happened first.) The same list serves llama.cpp.
+    *joined token* has the lowest rank; a merge-list BPE (Hugging Face, llama.cpp) joins the pair listed
+    first. gptkit's BPE knows the merges it learned, in order: each was learned on text already split by
+    the earlier ones, so listing them in that order is exact (and is what GPT-2's merges.txt does).
+    OpenAI's encodings ship ranks only. Then every way of cutting a token into two tokens is listed, ordered
+    by the joined token's rank: whichever pair shows up, it merges at the rank tiktoken gives it (as
+    transformers' TikTokenConverter does).
     """
+    ranks = tokenizer.encoding._mergeable_ranks
     vocab = {byte_string(token): rank for token, rank in ranks.items()}
+    learned = getattr(tokenizer, "merges", None)  # gptkit's BPE: [(left id, right id), ...] in learned order
+    if learned is not None:
+        token_bytes = tokenizer.token_bytes
+        return vocab, [(byte_string(token_bytes[a]), byte_string(token_bytes[b])) for a, b in learned]
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         cuts = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
@@ -79,11 +86,13 @@ def byte_level_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int]
 
 def hf_tokenizer(tokenizer):
     """A `tokenizers.Tokenizer` that encodes as the gptkit `tokenizer` does."""
+    from gptkit.tokenizers.tiktoken_backed import TiktokenBackedTokenizer
+
     kind = tokenizer.kind
     if kind == "char":
         backend = _char_backend(tokenizer)
-    elif kind in ("bpe", "tiktoken"):
-        backend = _byte_level_backend(tokenizer.encoding)
+    elif isinstance(tokenizer, TiktokenBackedTokenizer):  # bpe, tiktoken, hf-bpe (imported from a HF folder)
+        backend = _byte_level_backend(tokenizer)
     elif kind == "sentencepiece":
         backend = _sentencepiece_backend(tokenizer)
     else:
@@ -111,21 +120,31 @@ def _char_backend(tokenizer):
     return backend
 
 
-def _byte_level_backend(encoding):
-    """From a tiktoken.Encoding: its ranks, its split regex and its special tokens."""
+def _byte_level_backend(tokenizer):
+    """From the tokenizer's tiktoken.Encoding: its ranks, its split regex and its special tokens."""
     tokenizers = require_tokenizers()
     from tokenizers import Regex, decoders, models, pre_tokenizers
 
-    vocab, merges = byte_level_vocab_and_merges(encoding._mergeable_ranks)
+    from gptkit.tokenizers.bpe import PATTERNS
+    from gptkit.tokenizers.hf_gpt2 import GPT2_REGEX
+
+    encoding = tokenizer.encoding
+    vocab, merges = byte_level_vocab_and_merges(tokenizer)
     vocab.update(encoding._special_tokens)  # gptkit's ids for them, not the next free ones
     # ignore_merges: a chunk that is a whole token becomes that token at once, tiktoken's shortcut.
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False)
     backend = tokenizers.Tokenizer(model)
-    try:
-        split = pre_tokenizers.Split(Regex(encoding._pat_str), behavior="isolated", invert=False)
-    except Exception as e:  # the Oniguruma engine refused the regex tiktoken accepted
-        raise GptkitError(f"the tokenizer's split pattern does not compile for Hugging Face tokenizers: {e}") from None
-    backend.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if encoding._pat_str in (PATTERNS["gpt2"], GPT2_REGEX):
+        # GPT-2's regex is ByteLevel's built-in one: the standard GPT-2 tokenizer.json, which other tools
+        # (gptkit's own hf_import among them) recognise.
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        try:
+            split = pre_tokenizers.Split(Regex(encoding._pat_str), behavior="isolated", invert=False)
+        except Exception as e:  # the Oniguruma engine refused the regex tiktoken accepted
+            raise GptkitError(f"the tokenizer's split pattern does not compile for Hugging Face tokenizers: {e}") from None
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        backend.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
     backend.decoder = decoders.ByteLevel()
     return backend
 

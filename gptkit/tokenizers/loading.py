@@ -6,6 +6,7 @@
     tok/                              a folder written by `gptkit tokenize train` (tokenizer.json)
     data/shakespeare                  a data folder written by `gptkit prepare` (meta.json)
     out/ckpt.safetensors  (or out/)   a checkpoint: the spec is in its metadata
+    hf/gpt2/                          a Hugging Face GPT-2 folder (vocab.json + merges.txt or tokenizer.json)
 
 Checkpoints are read for their metadata only (the safetensors header, see checkpoint_format.py),
 without loading weights or importing torch, so `gptkit tokenize encode --tokenizer out/` starts instantly.
@@ -21,6 +22,7 @@ from gptkit.errors import GptkitError, UsageError
 from gptkit.tokenizers.base import Tokenizer
 from gptkit.tokenizers.bpe import BPETokenizer
 from gptkit.tokenizers.char import CharTokenizer
+from gptkit.tokenizers.hf_gpt2 import HFByteBPETokenizer, is_hf_tokenizer_folder, read_hf_tokenizer
 from gptkit.tokenizers.pretrained import PRETRAINED, TiktokenTokenizer
 from gptkit.tokenizers.sentencepiece_tokenizer import MODEL_TYPES, SentencePieceTokenizer
 
@@ -50,6 +52,8 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
             raise GptkitError("tokenizer spec: BPE merges must be pairs of ids", hint="the file is damaged")
         specials = _require(spec, "special_tokens", list)
         return BPETokenizer(merges, _require(spec, "pattern", str), [str(s) for s in specials])
+    if kind == "hf-bpe":
+        return HFByteBPETokenizer.from_spec(spec)
     if kind == "sentencepiece":
         _require(spec, "model", str)
         if spec.get("model_type") not in MODEL_TYPES:
@@ -83,6 +87,8 @@ def _json_file(path: Path) -> dict:
 def spec_at(path: Path) -> dict:
     """The tokenizer spec stored at `path`: a folder (saved tokenizer, data folder, run folder), a
     tokenizer.json or meta.json file, or a checkpoint."""
+    if path.is_dir() and is_hf_tokenizer_folder(path):  # a Hugging Face GPT-2 folder (hf_gpt2.py)
+        return read_hf_tokenizer(path)
     if path.is_dir():
         for name in ("tokenizer.json", "meta.json", CKPT_NAME):
             if (path / name).is_file():
