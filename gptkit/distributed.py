@@ -250,6 +250,7 @@ def full_optimizer_state(model: nn.Module, optimizer) -> dict:
 
 def load_optimizer_state(model: nn.Module, optimizer, state_dict: dict) -> None:
     """Load a full, numbered optimizer state (from any run) into this run's optimizer (sharding it under FSDP)."""
+    check_optimizer_state_fits(model, optimizer, state_dict)
     if not _is_fsdp(model):
         optimizer.load_state_dict(state_dict)
         return
@@ -261,3 +262,28 @@ def load_optimizer_state(model: nn.Module, optimizer, state_dict: dict) -> None:
         "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state_dict["param_groups"]],
     }
     set_optimizer_state_dict(model, _optimizers(optimizer), by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def check_optimizer_state_fits(model: nn.Module, optimizer, state_dict: dict) -> None:
+    """Refuse a saved optimizer state whose moments are not shaped like this model's parameters (a resume
+    file's metadata decides nothing here: the sizes come from the parameters), before torch would fail
+    mid-step with a shape error."""
+    from gptkit.errors import GptkitError
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, moments in state_dict.get("state", {}).items():
+        index = int(index)
+        if index >= len(params):
+            raise GptkitError(
+                f"the resume state has optimizer moments for parameter {index}, but the model has {len(params)}",
+                hint="the resume state belongs to another model; resume from a step this run saved",
+            )
+        shape = tuple(params[index].shape)  # under FSDP a DTensor: its full, logical shape
+        for key, value in moments.items():
+            if hasattr(value, "dim") and value.dim() > 0 and tuple(value.shape) != shape:
+                raise GptkitError(
+                    f"the resume state's {key} for {names.get(id(params[index]), f'parameter {index}')} is "
+                    f"{tuple(value.shape)}, but the parameter is {shape}",
+                    hint="the resume state belongs to another model; resume from a step this run saved",
+                )

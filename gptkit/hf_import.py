@@ -211,16 +211,13 @@ def load_init_checkpoint(ref: str | Path):
 
 def convert(ref: str | Path, out_dir: str | Path) -> Path:
     """Write `ref` (as load_init_weights reads it) as out_dir/ckpt.safetensors; returns that path."""
-    from gptkit.checkpoint import save_checkpoint
+    from gptkit.checkpoint import check_weights_fit, save_checkpoint
     from gptkit.checkpoint_format import CKPT_NAME
     from gptkit.model import GPT
 
     config, state, spec = load_init_weights(ref)
-    model = GPT(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise GptkitError(f"the weights of {ref} do not fit their config: {str(e).splitlines()[0]}") from None
+    check_weights_fit(config, {name: tuple(t.shape) for name, t in state.items()})  # config.json vs the tensors
+    model = GPT.from_state_dict(config, state)  # no fresh weights: the imported tensors themselves
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / CKPT_NAME, model, spec, step=0, train_config={"init_from": str(ref)})

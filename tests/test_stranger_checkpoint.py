@@ -105,3 +105,17 @@ def test_a_rope_context_the_weights_cannot_justify_is_refused(saved, tmp_path):
     huge = _rewrite(saved, tmp_path / "huge.safetensors", block_size=2**30)  # 128 GB of cos/sin tables (head size 16)
     with pytest.raises(GptkitError, match=r"block_size 1,073,741,824\) needs 131,072 MB of rotary tables"):
         load_checkpoint(huge).build_model()
+
+
+def test_a_resume_state_shaped_for_another_model_is_refused():
+    from gptkit.distributed import load_optimizer_state
+
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, CONFIG.vocab_size, (1, 8)), torch.randint(0, CONFIG.vocab_size, (1, 8)))[1].backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    state["state"][0]["exp_avg"] = torch.zeros(7, 7)
+    with pytest.raises(GptkitError, match=r"exp_avg for token_embedding.weight is \(7, 7\), but the parameter is \(29, 32\)"):
+        load_optimizer_state(model, torch.optim.AdamW(model.parameters()), state)
