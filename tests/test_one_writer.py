@@ -45,11 +45,15 @@ def test_a_second_train_on_a_live_run_folder_is_refused(tiny_toml, tiny_data, ba
     first = gptkit_process(_argv(tiny_toml, tiny_data, out))
     try:
         _wait_for_first_step(first, out)
-        # The second writer runs in this process (torch already imported), so it surely starts while the
-        # first is still training; a lock is per process, so this is a second writer like any other.
+        # The first is paused mid-run (SIGSTOP: it keeps its lock), so the second surely meets a live
+        # writer however fast the first would finish; the second runs in this process (a lock belongs to
+        # a process, so this is a second writer like any other).
+        first.send_signal(signal.SIGSTOP)
         started = time.monotonic()
-        code, _, stderr = run_cli(_argv(tiny_toml, tiny_data, out, *second), capsys)
-        assert first.poll() is None, "the first run ended before the second started: nothing was tested"
+        try:
+            code, _, stderr = run_cli(_argv(tiny_toml, tiny_data, out, *second), capsys)
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert code == 1, stderr
         assert time.monotonic() - started < 5  # at once, before touching anything
         error = next(line for line in stderr.splitlines() if line.startswith("Error:"))
@@ -96,15 +100,17 @@ def test_two_prepares_into_one_folder_one_refused_one_intact(tmp_path, capsys):
     big.write_text(("All the world's a stage, and all the men and women merely players.\n" * 150_000), encoding="utf-8")
     small.write_text("They have their exits and their entrances.\n" * 50, encoding="utf-8")
     out = tmp_path / "data"
-    first = gptkit_process(["prepare", "text", big, "--out", out])  # ~10 MB: a second or more of encoding
+    first = gptkit_process(["prepare", "text", big, "--out", out])
     staging = tmp_path / ".data.preparing"
     deadline = time.monotonic() + 60
     while not staging.exists():  # the first holds the lock and is writing its shards
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.005)
-    # the second (in this process, a small text: it reaches the lock within milliseconds)
-    code, _, stderr = run_cli(["prepare", "text", small, "--out", out], capsys)
-    assert first.poll() is None, "the first prepare ended before the second started: nothing was tested"
+        time.sleep(0.001)
+    first.send_signal(signal.SIGSTOP)  # paused while it writes (it keeps its lock): surely a live writer
+    try:
+        code, _, stderr = run_cli(["prepare", "text", small, "--out", out], capsys)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert code == 1, stderr
     assert f"the data folder {out} is in use by process {first.pid}" in stderr
     _, first_err = first.communicate(timeout=180)
