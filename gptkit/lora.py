@@ -167,9 +167,19 @@ def apply_adapter(model: nn.Module, adapter) -> nn.Module:
     lora = (adapter.train_config or {}).get("lora")
     if not lora:
         raise UsageError("the adapter does not record its LoRA settings (rank, alpha, targets)", hint="use an adapter written by `gptkit finetune`")
+    # The rank comes from the tensors, not from the metadata alone: a stranger's file claiming rank 10^9
+    # over small matrices must not make apply_lora allocate them (lora_A is (P, r, in), lora_B (P, out, r)).
+    ranks = {t.shape[1] for n, t in adapter.state_dict.items() if n.endswith("lora_A") and t.dim() == 3}
+    ranks |= {t.shape[2] for n, t in adapter.state_dict.items() if n.endswith("lora_B") and t.dim() == 3}
+    if ranks != {int(lora["rank"])}:
+        raise UsageError(
+            f"the adapter's weights do not fit its recorded LoRA settings: rank {lora['rank']} recorded, "
+            f"{', '.join(map(str, sorted(ranks))) or 'no LoRA matrices'} in its tensors",
+            hint="the adapter file is not one `gptkit finetune` wrote",
+        )
     apply_lora(model, lora["targets"], int(lora["rank"]), float(lora["alpha"]), 0.0)
-    expected = set(lora_state_dict(model))
-    if set(adapter.state_dict) != expected:
+    expected = {name: tuple(t.shape) for name, t in lora_state_dict(model).items()}
+    if {name: tuple(t.shape) for name, t in adapter.state_dict.items()} != expected:
         raise UsageError(
             "the adapter's weights do not fit its recorded LoRA settings on this model",
             hint="the adapter file is not one `gptkit finetune` wrote for this base model",

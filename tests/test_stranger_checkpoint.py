@@ -119,3 +119,19 @@ def test_a_resume_state_shaped_for_another_model_is_refused():
     state["state"][0]["exp_avg"] = torch.zeros(7, 7)
     with pytest.raises(GptkitError, match=r"exp_avg for token_embedding.weight is \(7, 7\), but the parameter is \(29, 32\)"):
         load_optimizer_state(model, torch.optim.AdamW(model.parameters()), state)
+
+
+def test_an_adapter_whose_recorded_rank_disagrees_with_its_tensors_is_refused():
+    from gptkit.checkpoint import Checkpoint
+    from gptkit.lora import apply_adapter, apply_lora, lora_state_dict
+
+    torch.manual_seed(0)
+    trained = apply_lora(GPT(CONFIG), ["q", "v"], 2, 4.0, 0.0)
+    settings = {"rank": 2, "alpha": 4.0, "targets": ["q", "v"]}
+    adapter = Checkpoint(CONFIG, SPEC, dict(lora_state_dict(trained)), kind="adapter", train_config={"lora": settings})
+    apply_adapter(GPT(CONFIG), adapter)  # as written: fine
+    adapter.train_config = {"lora": {**settings, "rank": 10**9}}  # edited: would allocate 10^9-row matrices
+    started = time.monotonic()
+    with pytest.raises(GptkitError, match="rank 1000000000 recorded, 2 in its tensors"):
+        apply_adapter(GPT(CONFIG), adapter)
+    assert time.monotonic() - started < 1
