@@ -213,3 +213,28 @@ def test_train_init_from_a_hf_folder(hf_folder, tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
     assert ckpt.tokenizer_spec["kind"] == "hf-bpe" and ckpt.model_config.gelu_approximate == "tanh"
     assert result is not None
+
+
+def test_train_cli_init_from_converts_with_max_iters_0_and_trains_otherwise(hf_folder, tmp_path, run_cli):
+    """`gptkit train --init-from FOLDER --max-iters 0 --out DIR` converts; without it the run starts there."""
+    from gptkit.checkpoint import load_checkpoint
+    from gptkit.prepare import prepare_text
+
+    folder, hf_model, tok = hf_folder
+    converted = run_cli("train", "--init-from", folder, "--max-iters", "0", "--out", tmp_path / "conv")
+    assert converted.code == 0, converted.stderr
+    assert converted.stdout.strip() == str(tmp_path / "conv" / "ckpt.safetensors")
+    ids = torch.tensor([tok.encode("Hello world").ids])
+    with torch.no_grad():
+        logits = load_checkpoint(tmp_path / "conv" / "ckpt.safetensors").build_model()(ids)[0]
+        assert (logits - hf_model(ids).logits).abs().max().item() <= 1e-4
+
+    (tmp_path / "a.txt").write_text(MIXED * 40, encoding="utf-8")
+    prepare_text([tmp_path / "a.txt"], tmp_path / "data", str(folder), workers=1)
+    trained = run_cli(
+        "train", "--init-from", tmp_path / "conv", "--data", tmp_path / "data", "--out", tmp_path / "run", "--device", "cpu",
+        "--max-iters", "2", "--batch-size", "2", "--eval-interval", "1", "--eval-iters", "1", "--warmup-iters", "1",
+    )
+    assert trained.code == 0, trained.stderr
+    assert "starting from the weights of" in trained.stderr
+    assert load_checkpoint(tmp_path / "run" / "ckpt.safetensors").model_config == load_checkpoint(tmp_path / "conv" / "ckpt.safetensors").model_config

@@ -45,6 +45,12 @@ def train(
     ),
     resume_from: Optional[int] = typer.Option(None, "--resume-from", help="Continue the run in --out from this saved step (later ones are redone).", metavar="STEP"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if --out holds a run."),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", metavar="PATH",
+        help="Start from these weights (and their model config): a gptkit checkpoint or run folder, a Hugging Face "
+        "GPT-2 folder, or gpt2 | gpt2-medium | gpt2-large | gpt2-xl (downloaded once; gptkit[hf]). With --max-iters 0 "
+        "it converts only: --out gets the imported model as ckpt.safetensors.",
+    ),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (TOML) and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     **settings,
@@ -60,6 +66,9 @@ def train(
     if resume and resume_auto:
         raise UsageError("--resume and --resume-auto contradict each other", hint="pass one of them")
     model_overrides, train_overrides = split_overrides(settings)
+    if init_from is not None and train_overrides.get("max_iters") == 0:
+        _convert_only(init_from, Path(train_overrides.get("out") or "out"), as_json)
+        return
     launch = plan_launch(
         preset, config, model_overrides, train_overrides,
         resume="auto" if resume_auto else "yes" if resume else "no", resume_from=resume_from,
@@ -75,7 +84,8 @@ def train(
     if main_process:
         _log(f"gptkit {__version__} train ({launch.where}) | data {cfg.data} -> {cfg.out}")
     result = run_training(
-        launch.model, cfg, resume=launch.resume, overwrite=launch.overwrite, resume_from=launch.resume_from, monitor=monitor
+        launch.model, cfg, resume=launch.resume, overwrite=launch.overwrite, resume_from=launch.resume_from, monitor=monitor,
+        init_from=init_from,
     )
     if not main_process:
         return
@@ -88,5 +98,19 @@ def train(
     )
     if as_json:
         _emit_json({"checkpoint": str(ckpt), **{k: v for k, v in vars(result).items() if k != "out"}, "out": str(result.out)})
+    else:
+        print(ckpt)
+
+
+def _convert_only(init_from: str, out: Path, as_json: bool) -> None:
+    """`--init-from REF --max-iters 0`: the imported weights as OUT/ckpt.safetensors, no training."""
+    from gptkit.hf_import import convert
+    from gptkit.run_folder import lock_run_folder
+
+    with lock_run_folder(out):  # one writer, as for a run
+        ckpt = convert(init_from, out)
+    _log(f"converted {init_from} -> {ckpt} (no training: --max-iters 0)")
+    if as_json:
+        _emit_json({"checkpoint": str(ckpt), "step": 0, "init_from": init_from})
     else:
         print(ckpt)
