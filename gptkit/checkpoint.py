@@ -147,8 +147,8 @@ class Checkpoint:
         """Refuse a data folder (its meta.json) tokenized differently from this checkpoint (`source`)."""
         if meta["tokenizer"] != self.tokenizer_spec:
             raise GptkitError(
-                f"the data in {data} was tokenized differently ({_describe_tokenizer(meta['tokenizer'])}) "
-                f"from the model in {source} ({_describe_tokenizer(self.tokenizer_spec)})",
+                f"the data in {data} was tokenized differently ({describe_tokenizer(meta['tokenizer'])}) "
+                f"from the model in {source} ({describe_tokenizer(self.tokenizer_spec)})",
                 hint="use the data folder the model was trained on, or prepare your text with the model's tokenizer",
             )
         if meta["vocab_size"] != self.model_config.vocab_size:
@@ -223,7 +223,7 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def _describe_tokenizer(spec) -> str:
+def describe_tokenizer(spec) -> str:
     """'char, 65 characters' or 'tiktoken, gpt2': enough to see how two tokenizers differ."""
     if not isinstance(spec, dict):
         return "unknown"

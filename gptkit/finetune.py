@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.checkpoint import Checkpoint, _describe_tokenizer, load_checkpoint, save_adapter
+from gptkit.checkpoint import Checkpoint, describe_tokenizer, load_checkpoint, save_adapter
 from gptkit.checkpoint_format import MODEL
 from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
@@ -51,8 +51,8 @@ def check_tokenizer(base: Checkpoint, meta: dict, data: str | Path, ckpt: str | 
     """One error when the data was tokenized otherwise than the model: both tokenizers, and the fix."""
     if meta.get("tokenizer") != base.tokenizer_spec or meta.get("vocab_size") != base.model_config.vocab_size:
         raise GptkitError(
-            f"the data in {data} was tokenized with {_describe_tokenizer(meta.get('tokenizer'))}, but the model in "
-            f"{ckpt} uses {_describe_tokenizer(base.tokenizer_spec)}",
+            f"the data in {data} was tokenized with {describe_tokenizer(meta.get('tokenizer'))}, but the model in "
+            f"{ckpt} uses {describe_tokenizer(base.tokenizer_spec)}",
             hint=f"tokenize the text with the model's tokenizer: `gptkit prepare text NEW --tokenizer {ckpt} --out DIR`",
         )
 
