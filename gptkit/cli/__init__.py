@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `gptkit sample | head`: the reader left, which is fine
         sys.stderr.close()
         code = 0
+    except SystemExit as e:
+        # The parser catches a broken pipe itself, wraps the streams so that nothing more is written, and
+        # exits 1. The reader leaving is a normal end in a pipeline (`set -o pipefail` scripts must go
+        # on), so it is 0 here as well, whoever noticed it first.
+        if "PacifyFlushWrapper" not in type(sys.stdout).__name__:
+            raise
+        code = 0 if e.code in (None, 0, 1) else e.code
     except Exception as e:  # a bug: say so in one line unless debugging
         if debug:
             raise
