@@ -314,7 +314,8 @@ def apply_settings(obj, values: dict, where: str):
     return replace(obj, **checked)
 
 
-def load_toml(path: str | Path) -> dict:
+def load_toml(path: str | Path, tables: tuple[str, ...] = ("model", "train")) -> dict:
+    """A config file's tables; any other table is refused (a typo would otherwise be ignored)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
@@ -322,9 +323,10 @@ def load_toml(path: str | Path) -> dict:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path} is not valid TOML: {e}") from None
-    extra = sorted(set(data) - {"model", "train"})
+    extra = sorted(set(data) - set(tables))
     if extra:
-        raise UsageError(f"{path}: unknown table(s) {', '.join(extra)}", hint="a config has [model] and [train] tables")
+        known = " and ".join(f"[{t}]" for t in tables if t != "base")  # [base] is finetune.toml's record, not the user's
+        raise UsageError(f"{path}: unknown table(s) {', '.join(extra)}", hint=f"a config has {known} tables")
     return data
 
 

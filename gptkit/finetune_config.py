@@ -17,17 +17,11 @@ Torch-free, like config.py: `gptkit finetune --help` imports neither.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gptkit.config import TrainConfig, apply_settings, option
+from gptkit.config import TrainConfig, apply_settings, load_toml, option
 from gptkit.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FINETUNE = "Fine-tuning"
 LORA_TARGET_HELP = "q, k, v (attention's fused qkv, per part), o (attention output), mlp_fc, mlp_proj, mlp (both)"
@@ -87,17 +81,8 @@ SHOWN_DEFAULTS = {
 
 
 def load_finetune_toml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid TOML: {e}") from None
-    extra = sorted(set(data) - {"finetune", "train", "base"})
-    if extra:
-        raise UsageError(f"{path}: unknown table(s) {', '.join(extra)}", hint="a finetune config has [finetune] and [train] tables")
-    return data
+    """A finetune config (or a run's finetune.toml record): [finetune] and [train] tables, and [base]."""
+    return load_toml(path, ("finetune", "train", "base"))
 
 
 def resolve_finetune_config(

@@ -18,10 +18,10 @@ Special tokens keep gptkit's ids. They are HF "special" added tokens, so AutoTok
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 from gptkit.errors import GptkitError
+from gptkit.tokenizers.hf_gpt2 import bytes_to_unicode  # GPT-2's byte -> character map, one copy
 
 
 def require_tokenizers():
@@ -32,25 +32,6 @@ def require_tokenizers():
             "exporting a tokenizer needs the `tokenizers` library", hint="pip install 'gptkit[export]'"
         ) from None
     return tokenizers
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 bytes to printable characters.
-
-    Byte-level BPE files (tokenizer.json, GGUF) store tokens as text, so every byte needs a visible,
-    non-whitespace character: printable Latin-1 bytes stand for themselves, the other 68 (controls,
-    space, ...) take the code points from 256 up, in byte order (so b" " is "Ġ", b"\\n" is "Ċ").
-    """
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, extra = {}, 0
-    for byte in range(256):
-        if byte in kept:
-            mapping[byte] = chr(byte)
-        else:
-            mapping[byte] = chr(256 + extra)
-            extra += 1
-    return mapping
 
 
 def byte_string(token: bytes) -> str:
