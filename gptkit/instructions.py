@@ -47,7 +47,7 @@ import numpy as np
 
 from gptkit.chat_template import ROLES, resolve_template, segments
 from gptkit.errors import GptkitError, UsageError
-from gptkit.shards import SPLITS, ShardWriter, token_dtype_for, write_meta
+from gptkit.shards import SPLITS, ShardWriter, token_dtype_for
 from gptkit.tokenizers import Tokenizer, load_tokenizer
 
 KIND = "instructions"

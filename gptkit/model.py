@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from gptkit.config import COMPONENT_CHOICES, ModelConfig  # the config lives in a torch-free module (fast --help)
+from gptkit.config import ModelConfig  # the config lives in a torch-free module (fast --help)
 
 
 # A target id that the loss skips (prompt tokens, padding): PyTorch's cross_entropy convention.
