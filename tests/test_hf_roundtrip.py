@@ -208,3 +208,26 @@ def test_another_model_type_is_refused(hf_llama, tmp_path):
     (other / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
     with pytest.raises(GptkitError, match="'mistral' model; gptkit imports GPT-2 and Llama models only"):
         load_init_weights(other)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "gpt4o"])
+def test_the_exported_split_regex_cuts_tiktokens_chunks(pattern):
+    """cl100k_base's (gptkit's gpt4) `\\p{N}{1,3}+` is possessive for tiktoken but a repetition for
+    Hugging Face's Oniguruma: exported as is, "2024" would be one chunk instead of "202" + "4"."""
+    import regex
+
+    from gptkit.export.tokenizer_files import hf_tokenizer
+    from gptkit.tokenizers.bpe import PATTERNS
+
+    text = "In 2024-12-01, 1234567 users wrote 3.14159  and  IT'S\r\n  ok"
+    want = regex.findall(PATTERNS[pattern], text)
+    backend = hf_tokenizer(small_bpe(pattern))
+    got = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
+    decoded = [bytes(_byte_decoder()[c] for c in piece).decode() for piece in got]
+    assert decoded == want
+
+
+def _byte_decoder():
+    from gptkit.tokenizers.hf_gpt2 import bytes_to_unicode
+
+    return {c: b for b, c in bytes_to_unicode().items()}

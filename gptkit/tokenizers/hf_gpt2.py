@@ -23,6 +23,7 @@ are refused with a message saying what was found.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,6 +97,8 @@ def _byte_level_pattern(pre: dict | None) -> str | None:
     if len(parts) == 2 and all(isinstance(p, dict) for p in parts):
         split, byte_level = parts
         regex = (split.get("pattern") or {}).get("Regex") if isinstance(split.get("pattern"), dict) else None
+        if isinstance(regex, str) and re.search(r"\{\d+(?:,\d*)?\}\+", regex):
+            return None  # Oniguruma's `X{n,m}+` repeats the group; tiktoken would read it as possessive
         if (split.get("type") == "Split" and isinstance(regex, str) and str(split.get("behavior")).lower() == "isolated"
                 and not split.get("invert", False) and byte_level.get("type") == "ByteLevel"
                 and not byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space", False)):
