@@ -18,14 +18,17 @@ deviation over the seeds (the sample standard deviation, n - 1), the median toke
 and the parameters.
 
 When is a difference real? Seeds alone move the val loss (the spread of one variant's runs shows by how
-much), so each variant is compared with the best one (lowest mean) by a deliberately simple rule:
+much). Every variant runs with the same seeds, and a seed fixes the batch order, so the runs pair up by
+seed, and each variant is compared with the best one (lowest mean) on the per-seed differences
+d_s = loss(variant, s) - loss(best, s): a paired t-test at 95%,
 
-    inside the noise   when the intervals mean +- 2 std of the two variants overlap
-    worse              when they do not (the gap is wider than both spreads together)
+    outside the noise   when |mean d| > t(0.975, n - 1) x std(d) / sqrt(n)     (n seeds; t = 4.30 for 3)
+    inside the noise    otherwise
 
-With 3 seeds this is a rough, conservative test (a Welch t-test would be sharper, but with 3 runs per
-side any test says little); a "worse" verdict means the gap is well outside what the seeds did.
-With one seed the noise is unknown and the table says so.
+Pairing removes what the seeds share (the same batches in the same order), so a gap that every seed
+shows is found even when the two variants' spreads overlap. The table also says whether the intervals
+mean +- 2 std of the two variants overlap, the cruder unpaired look. With one seed the noise is unknown
+and the table says so. Three seeds make a weak test: "inside the noise" means "not shown", not "equal".
 """
 
 from __future__ import annotations
@@ -33,15 +36,24 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
 from gptkit.config import DEFAULT_PRESET, ModelConfig, TrainConfig, resolve_config
-from gptkit.errors import UsageError
+from gptkit.errors import GptkitError, UsageError
 from gptkit.fileio import atomic_open
 
-NOISE_SIGMAS = 2.0  # intervals mean +- 2 std that overlap: inside the seed noise
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NOISE_SIGMAS = 2.0  # the unpaired look: intervals mean +- 2 std that overlap
+# Student's t, two-sided 95%, by degrees of freedom (seeds - 1); between rows the smaller df's (larger) value.
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
 FIXED = {"seed", "out"}  # set by the ablation itself for every run
 
 
@@ -66,7 +78,11 @@ class VariantSummary:
     tokens_per_sec_mean: float | None
     tokens_per_sec_std: float | None
     params: int
-    verdict: str  # "best", "inside the noise", "worse", or "noise unknown (one seed)"
+    verdict: str  # "best", "inside the noise", "outside the noise", or "noise unknown (one seed)"
+    diff_mean: float | None = None  # mean over the seeds of (this variant's val loss - the best's)
+    diff_std: float | None = None
+    t: float | None = None  # the paired t statistic, against t_critical(seeds - 1)
+    overlaps: bool | None = None  # do the intervals mean +- 2 std of this variant and the best overlap?
 
 
 @dataclass
@@ -143,9 +159,28 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
 
 
-def inside_noise(a: VariantSummary, b: VariantSummary) -> bool:
-    """The rule of the module docstring: the intervals mean +- NOISE_SIGMAS std overlap."""
+def t_critical(df: int) -> float:
+    """The two-sided 95% critical value of Student's t with df degrees of freedom (T_95; conservative between rows)."""
+    return T_95[max(d for d in T_95 if d <= df)]
+
+
+def overlaps(a: VariantSummary, b: VariantSummary) -> bool:
+    """The unpaired look: the intervals mean +- NOISE_SIGMAS std of a and b overlap."""
     return abs(a.val_loss_mean - b.val_loss_mean) <= NOISE_SIGMAS * (a.val_loss_std + b.val_loss_std)
+
+
+def compare_paired(variant: VariantSummary, best: VariantSummary, runs: list[RunResult]) -> None:
+    """Fill variant's diff_mean, diff_std, t and verdict from the per-seed differences with `best`."""
+    loss = {(r.value, r.seed): r.val_loss for r in runs if r.val_loss is not None}
+    seeds = sorted({s for v, s in loss if v == variant.value} & {s for v, s in loss if v == best.value})
+    diffs = [loss[variant.value, s] - loss[best.value, s] for s in seeds]
+    variant.diff_mean, variant.diff_std = _mean_std(diffs)
+    if len(diffs) < 2:
+        variant.verdict = "noise unknown (one seed)"
+        return
+    error = variant.diff_std / math.sqrt(len(diffs))
+    variant.t = math.inf if error == 0 else abs(variant.diff_mean) / error
+    variant.verdict = "outside the noise" if variant.t > t_critical(len(diffs) - 1) else "inside the noise"
 
 
 def summarise(values: list, runs: list[RunResult]) -> list[VariantSummary]:
@@ -164,10 +199,10 @@ def summarise(values: list, runs: list[RunResult]) -> list[VariantSummary]:
             v.verdict = "no val loss"
         elif v is best:
             v.verdict = "best"
-        elif v.val_loss_std is None or best.val_loss_std is None:
-            v.verdict = "noise unknown (one seed)"
         else:
-            v.verdict = "inside the noise" if inside_noise(v, best) else "worse"
+            compare_paired(v, best, runs)
+            if v.val_loss_std is not None and best.val_loss_std is not None:
+                v.overlaps = overlaps(v, best)
     return variants
 
 
@@ -175,17 +210,24 @@ def markdown_table(setting: str, variants: list[VariantSummary], seeds: list[int
     def pm(mean, std, spec):
         if mean is None:
             return "-"
-        return format(mean, spec) + ("" if std is None else " ± " + format(std, spec))
+        return format(mean, spec) + ("" if std is None else " ± " + format(std, spec.lstrip("+")))
 
-    header = [setting, "val loss (mean ± std)", "tokens/s (mean ± std)", "parameters", "seeds", "vs best"]
+    header = [setting, "val loss (mean ± std)", "tokens/s (mean ± std)", "parameters", "seeds", "vs best: Δ per seed (mean ± std)",
+              "vs best"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for v in variants:
+        delta = "-" if v.diff_mean is None else pm(v.diff_mean, v.diff_std, "+.4f")
+        verdict = v.verdict
+        if v.t is not None:
+            verdict += f" (t = {v.t:.1f}, needs > {t_critical(v.runs - 1):.2f})" if math.isfinite(v.t) else " (every seed the same gap)"
+        if v.overlaps is not None:
+            verdict += "; ± 2 std intervals " + ("overlap" if v.overlaps else "apart")
         row = [str(v.value), pm(v.val_loss_mean, v.val_loss_std, ".4f"), pm(v.tokens_per_sec_mean, v.tokens_per_sec_std, ",.0f"),
-               f"{v.params:,}", str(v.runs), v.verdict]
+               f"{v.params:,}", str(v.runs), delta, verdict]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    lines.append(f"{len(seeds)} seeds per variant ({', '.join(map(str, seeds))}); val loss at the last step. \"inside the noise\": "
-                 f"the intervals mean ± {NOISE_SIGMAS:g} std of that variant and the best one overlap.")
+    lines.append(f"{len(seeds)} seeds per variant ({', '.join(map(str, seeds))}); val loss at the last step. Δ: the variant's val "
+                 "loss minus the best's, seed by seed; \"outside the noise\": a paired t-test at 95% (gptkit/ablate.py).")
     return "\n".join(lines)
 
 
@@ -203,6 +245,20 @@ def _run_result(value, seed: int, out: Path) -> RunResult:
     params = sum(math.prod(t.shape) for t in header.tensors.values())
     val = summary.val_losses[-1] if summary.val_losses else None
     return RunResult(value, seed, str(out), val, summary.best_val_loss, summary.tokens_per_sec, summary.wall_s, params)
+
+
+def finished_run(out: Path, model: ModelConfig, cfg: TrainConfig) -> bool:
+    """Whether `out` holds a run of exactly this config (vocab_size aside: the data sets it) that reached max_iters."""
+    from gptkit.checkpoint_format import CKPT_NAME, read_checkpoint_header
+
+    try:
+        saved = tomllib.loads((out / "config.toml").read_text(encoding="utf-8"))
+        step = int(read_checkpoint_header(out / CKPT_NAME).metadata.get("step", -1))
+    except (OSError, ValueError, GptkitError):
+        return False
+    wanted = {"model": {k: v for k, v in asdict(model).items() if k != "vocab_size"}, "train": asdict(cfg)}
+    saved["model"] = {k: v for k, v in saved.get("model", {}).items() if k != "vocab_size"}
+    return step == cfg.max_iters and all(saved.get(t) == wanted[t] for t in wanted)
 
 
 def plot_variants(setting: str, values: list, outs: dict, png: Path) -> Path:
@@ -233,6 +289,7 @@ def ablate(
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
     overwrite: bool = False,
+    reuse: bool = False,
     png: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> AblationResult:
@@ -253,17 +310,36 @@ def ablate(
         overrides = {"model": dict(model_overrides), "train": dict(train_overrides)}
         overrides[table][setting] = value
         configs[value] = resolve_config(preset, config_file, overrides["model"], overrides["train"])
+    if reuse and overwrite:
+        raise UsageError("--reuse and --overwrite contradict each other", hint="pass one of them")
+
+    def planned(value, seed) -> tuple[Path, ModelConfig, TrainConfig]:
+        run_out = out / run_name(setting, value) / f"seed{seed}"
+        model, cfg = configs[value]
+        return run_out, model, replace(cfg, seed=seed, out=str(run_out))
+
+    if not overwrite:  # refuse before the first run, not after some have been trained
+        from gptkit.run_folder import holds_run
+
+        taken = [planned(v, s) for v in values for s in seeds]
+        taken = [str(p[0]) for p in taken if holds_run(p[0]) and not (reuse and finished_run(*p))]
+        if taken:
+            raise UsageError(
+                f"{len(taken)} of the ablation's run folders already hold runs ({taken[0]}{', ...' if len(taken) > 1 else ''})",
+                hint="pass --reuse to keep the finished runs of the same config, --overwrite to train them again, or choose another --out",
+            )
     say = progress or (lambda text: None)
     runs, outs = [], {value: [] for value in values}
     total, done = len(values) * len(seeds), 0
     for seed in seeds:  # seed-major: an interrupted ablation still has every variant at the first seeds
         for value in values:
-            model, cfg = configs[value]
-            run_out = out / run_name(setting, value) / f"seed{seed}"
-            cfg = replace(cfg, seed=seed, out=str(run_out))
+            run_out, model, cfg = planned(value, seed)
             done += 1
-            say(f"[{done}/{total}] {run_name(setting, value)} seed {seed} -> {run_out}")
-            train(model, cfg, overwrite=overwrite, monitor=Monitor())
+            if reuse and finished_run(run_out, model, cfg):
+                say(f"[{done}/{total}] {run_name(setting, value)} seed {seed}: {run_out} holds it already")
+            else:
+                say(f"[{done}/{total}] {run_name(setting, value)} seed {seed} -> {run_out}")
+                train(model, cfg, overwrite=overwrite or reuse, monitor=Monitor())
             runs.append(_run_result(value, seed, run_out))
             outs[value].append(run_out)
             say(f"  val loss {runs[-1].val_loss:.4f}" if runs[-1].val_loss is not None else "  no val loss")
@@ -276,7 +352,7 @@ def ablate(
     if png:
         result.png = plot_variants(setting, values, outs, out / "loss.png")
     record = {"format": "gptkit.ablation", "setting": setting, "values": values, "seeds": seeds, "preset": preset,
-              "noise_rule": f"inside the noise when mean ± {NOISE_SIGMAS:g} std intervals overlap with the best variant's",
+              "noise_rule": "paired t-test at 95% on the per-seed differences from the best variant",
               "variants": [asdict(v) for v in variants], "runs": [asdict(r) for r in runs], "base": base}
     with atomic_open(result.json_path, "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, TINY_TRAIN
-from gptkit.ablate import RunResult, ablate, inside_noise, parse_seeds, parse_vary, summarise, typed_values
+from gptkit.ablate import RunResult, ablate, parse_seeds, parse_vary, summarise, t_critical, typed_values
 from gptkit.errors import UsageError
 
 TRAIN = {k: v for k, v in TINY_TRAIN.items() if k != "seed"} | dict(max_iters=6, eval_interval=3, log_interval=1, warmup_iters=1)
@@ -30,28 +30,35 @@ def test_two_variants_over_two_seeds(tiny_data, tmp_path):
     assert losses[0] != losses[1] and gelu.val_loss_std > 0
     assert abs(gelu.val_loss_mean - sum(losses) / 2) < 1e-12
     best, other = sorted(result.variants, key=lambda v: v.val_loss_mean)
-    assert best.verdict == "best" and other.verdict == ("inside the noise" if inside_noise(other, best) else "worse")
+    diffs = [o.val_loss - b.val_loss for o, b in zip(*([r for r in result.runs if r.value == v.value] for v in (other, best)))]
+    assert best.verdict == "best" and abs(other.diff_mean - sum(diffs) / 2) < 1e-12
+    assert other.verdict == ("outside the noise" if other.t > t_critical(1) else "inside the noise")
     record = json.loads(result.json_path.read_text())
     assert record["format"] == "gptkit.ablation" and record["setting"] == "mlp" and len(record["runs"]) == 4
     assert "mlp" not in record["base"]["model"] and record["base"]["train"]["max_iters"] == 6
     table = result.markdown_path.read_text()
-    assert "| gelu | " in table and "| swiglu | " in table and "±" in table and "inside the noise" in table
+    assert "| gelu | " in table and "| swiglu | " in table and "±" in table and "paired t-test" in table
     assert result.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_noise_rule():
-    """Inside the noise when mean +- 2 std intervals overlap with the best variant's; else worse."""
+    """A paired t-test at 95% on the per-seed differences from the best variant (seeds pair the runs)."""
 
     def runs(value, losses, params=100):
         return [RunResult(value, i, "", loss, loss, 1000.0 + i, 1.0, params) for i, loss in enumerate(losses)]
 
-    close = summarise(["a", "b"], runs("a", [1.00, 1.02, 0.98]) + runs("b", [1.03, 1.05, 1.01]))
-    assert [v.verdict for v in close] == ["best", "inside the noise"]  # gap 0.03 < 2 x (0.02 + 0.02)
+    # the seeds disagree about the sign: d = +0.05, -0.03, +0.04, t = 0.02 / (0.0436 / sqrt 3) = 0.79 < 4.30
+    mixed = summarise(["a", "b"], runs("a", [1.00, 1.05, 0.98]) + runs("b", [1.05, 1.02, 1.02]))
+    assert [v.verdict for v in mixed] == ["best", "inside the noise"] and abs(mixed[1].diff_mean - 0.02) < 1e-9
+    # every seed shows the gap (d = 0.03, 0.04, 0.035): outside the noise although the intervals overlap
+    paired = summarise(["a", "b"], runs("a", [1.00, 1.10, 0.90]) + runs("b", [1.03, 1.14, 0.935]))
+    assert [v.verdict for v in paired] == ["best", "outside the noise"] and paired[1].overlaps is True
+    assert abs(paired[1].t - 0.035 / (0.005 / 3 ** 0.5)) < 1e-6 and paired[1].t > t_critical(2) == 4.303
     far = summarise(["a", "b"], runs("a", [1.00, 1.01, 0.99]) + runs("b", [1.20, 1.21, 1.19]))
-    assert [v.verdict for v in far] == ["best", "worse"]  # gap 0.2 > 2 x (0.01 + 0.01)
-    assert abs(far[1].val_loss_std - 0.01) < 1e-9 and far[0].tokens_per_sec_mean == 1001.0
+    assert far[1].verdict == "outside the noise" and far[1].overlaps is False and far[0].tokens_per_sec_mean == 1001.0
     one = summarise(["a", "b"], runs("a", [1.0]) + runs("b", [1.1]))
     assert [v.verdict for v in one] == ["best", "noise unknown (one seed)"] and one[0].val_loss_std is None
+    assert t_critical(12) == t_critical(10) and t_critical(100) == t_critical(30)  # conservative between rows
 
 
 def test_settings_and_values_are_checked():
@@ -92,7 +99,15 @@ def test_cli_ablate_prints_the_table_and_json(tiny_data, tmp_path, run_cli):
     assert "| block_size | val loss (mean ± std) |" in result.stdout and "| 8 | " in result.stdout and "| 16 | " in result.stdout
     assert "[4/4] block_size=16 seed 1" in result.stderr
     again = run_cli(*args, "--json")
-    assert again.code != 0 and "--overwrite" in again.stderr  # the runs exist: refused, not silently replaced
+    assert again.code == 2 and "4 of the ablation's run folders already hold runs" in again.stderr  # not replaced
+    assert "--overwrite" in again.stderr
+    again = run_cli(*args, "--json", "--reuse")  # the same runs: summarised again, none trained
+    assert again.code == 0, again.stderr
+    assert again.stderr.count("holds it already") == 4 and json.loads(again.stdout)["variants"][0]["value"] == 8
+    longer = list(args)
+    longer[longer.index("--max-iters") + 1] = "5"
+    changed = run_cli(*longer, "--reuse")  # not the same runs: refused, not mixed in
+    assert changed.code == 2 and "already hold runs" in changed.stderr
     again = run_cli(*args, "--json", "--overwrite")
     assert again.code == 0, again.stderr
     summary = json.loads(again.stdout)

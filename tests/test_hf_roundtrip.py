@@ -231,3 +231,15 @@ def _byte_decoder():
     from gptkit.tokenizers.hf_gpt2 import bytes_to_unicode
 
     return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def test_a_tokenizer_json_whose_regex_the_engines_read_differently_is_refused(tmp_path):
+    from gptkit.export.tokenizer_files import write_tokenizer_files
+
+    write_tokenizer_files(small_bpe("gpt4"), tmp_path, model_max_length=1024)
+    data = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    split = data["pre_tokenizer"]["pretokenizers"][0]
+    split["pattern"]["Regex"] = split["pattern"]["Regex"].replace(r"\p{N}{1,3}", r"\p{N}{1,3}+")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(GptkitError, match=r"split regex has \{n,m\}\+"):
+        load_tokenizer(tmp_path)

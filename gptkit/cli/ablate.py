@@ -27,6 +27,10 @@ def ablate(
     preset: Optional[str] = typer.Option(DEFAULT_PRESET, "--preset", "-p", help=f"The base config: {PRESET_NAMES}."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[model] and \\[train] tables over the preset."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in run folders that already hold runs."),
+    reuse: bool = typer.Option(
+        False, "--reuse", help="Keep the runs that already finished with the same config; train the others (an interrupted "
+        "ablation goes on where it stopped, and a finished one is only summarised again).",
+    ),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw OUT/loss.png (needs matplotlib: pip install 'gptkit\\[report]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the markdown table."),
     **settings,
@@ -42,7 +46,7 @@ def ablate(
     out = train_overrides.pop("out", None) or f"out/ablate-{setting}"
     result = run_ablation(
         setting, values, seed_list, out=out, preset=preset, config_file=config, model_overrides=model_overrides,
-        train_overrides=train_overrides, overwrite=overwrite, png=plot, progress=_log,
+        train_overrides=train_overrides, overwrite=overwrite, reuse=reuse, png=plot, progress=_log,
     )
     _log(f"table: {result.markdown_path}, runs: {result.json_path}" + (f", loss curves: {result.png}" if result.png else ""))
     if as_json:

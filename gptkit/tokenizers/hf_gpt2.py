@@ -119,6 +119,8 @@ def read_hf_tokenizer(path: str | Path) -> dict:
         if data.get("normalizer") is not None:
             raise _refuse(path, "BPE with a text normalizer")
         pattern = _byte_level_pattern(data.get("pre_tokenizer"))
+        if pattern is None and re.search(r"\{\d+(?:,\d*)?\}\+", json.dumps(data.get("pre_tokenizer"))):
+            raise _refuse(path, "byte-level BPE whose split regex has {n,m}+ (Hugging Face repeats it, tiktoken would not)")
         if pattern is None:
             raise _refuse(path, "BPE without a byte-level pre-tokenizer")
         vocab, merges = model.get("vocab") or {}, model.get("merges") or []
