@@ -243,3 +243,21 @@ def test_a_tokenizer_json_whose_regex_the_engines_read_differently_is_refused(tm
     (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(GptkitError, match=r"split regex has \{n,m\}\+"):
         load_tokenizer(tmp_path)
+
+
+def test_zero_biases_stay_biases_when_the_export_says_the_model_had_them(tmp_path):
+    """gptkit.json's model_config decides: a model with biases that happen to be zero keeps them."""
+    from gptkit.hf_import import load_init_weights
+
+    ckpt = make_checkpoint(tmp_path / "ckpt.safetensors", CharTokenizer.train(TEXT), **CASES["gpt2-bias-tied"])
+    folder = export(ckpt, "hf", tmp_path / "hf")
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: (v.zero_() if k.endswith(".bias") and ".attn.bias" not in k else v) for k, v in load_file(folder / "model.safetensors").items()}
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert load_init_weights(folder)[0].bias is True
+    record = json.loads((folder / "gptkit.json").read_text())
+    record["model_config"]["bias"] = False
+    (folder / "gptkit.json").write_text(json.dumps(record))
+    config, state, _ = load_init_weights(folder)
+    assert config.bias is False and not any(name.endswith(".bias") for name in state)
