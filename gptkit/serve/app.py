@@ -7,11 +7,12 @@
     POST /v1/completions        OpenAI's completions
     POST /v1/chat/completions   OpenAI's chat completions, with the checkpoint's chat template
 
-Before a handler runs, three layers of ASGI middleware, outermost first:
+Before a handler runs, four layers of ASGI middleware, outermost first:
 
     Timing       latency and status of every request, for /metrics           (middleware.py)
     BodyLimit    reads at most max_body_bytes of the body (413 beyond, whatever Content-Length claims)
     ApiKey       with --api-key, /v1/* and /metrics need "Authorization: Bearer KEY" (401 otherwise)
+    LastResort   an unforeseen exception: a 500 in OpenAI's shape, logged
 
 Every refusal, and every error nobody foresaw, is an OpenAI-shaped JSON body: nothing a client sends ends
 the process. The socket is bound at once; the model loads in a thread, and until it is ready /health
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptkit.serve.api_errors import ApiError, error_response
 from gptkit.serve.metrics import Metrics
-from gptkit.serve.middleware import ApiKey, BodyLimit, Timing
+from gptkit.serve.middleware import ApiKey, BodyLimit, LastResort, Timing
 from gptkit.serve.schemas import ChatCompletionRequest, CompletionRequest, parse_request
 from gptkit.serve.scheduler import Scheduler
 from gptkit.serve.service import ClientGone, Service
@@ -105,11 +106,6 @@ def create_app(settings: ServeSettings, model_info: dict, on_fatal=None) -> Fast
         message = {404: f"no such endpoint: {request.method} {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
         return error_response(e.status_code, message.get(e.status_code, str(e.detail)))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, e: Exception):
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(e).__name__}); the server carries on")
-
     @app.get("/", response_class=HTMLResponse)
     async def playground():
         return HTMLResponse(resources.files("gptkit.serve").joinpath("static/playground.html").read_text(encoding="utf-8"))
@@ -176,6 +172,7 @@ def create_app(settings: ServeSettings, model_info: dict, on_fatal=None) -> Fast
         return await generate(request, "chat")
 
     # added last = outermost
+    app.add_middleware(LastResort)
     app.add_middleware(ApiKey, api_key=settings.api_key)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Timing, metrics=state.metrics)

@@ -5,17 +5,20 @@ streamed response and a disconnect as they happen), outermost first:
                  so that a scanner cannot grow the metrics without bound)
     BodyLimit    reads at most max_body_bytes of the body: 413 beyond, whatever Content-Length claims
     ApiKey       with --api-key, /v1/* and /metrics need "Authorization: Bearer KEY" (401 otherwise)
+    LastResort   an exception nobody foresaw becomes a 500 in OpenAI's shape, and the connection lives on
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 
 from gptkit.serve.api_errors import error_body
 from gptkit.serve.metrics import Metrics
 
+log = logging.getLogger("gptkit.serve")
 KNOWN_PATHS = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
 
 
@@ -100,3 +103,26 @@ class ApiKey:
                 message = "missing API key: send 'Authorization: Bearer KEY'" if not given else "incorrect API key"
                 return await _send_error(send, 401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         await self.app(scope, receive, send)
+
+
+class LastResort:
+    """Starlette's own handler answers 500 but then re-raises, and uvicorn drops the connection; here the
+    error is logged and answered, and that is the end of it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as e:
+            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+            if scope["type"] == "http" and not started:
+                await _send_error(send, 500, f"internal error ({type(e).__name__}); the server carries on")

@@ -12,13 +12,14 @@ checkpoint's chat template). Field names, ranges and defaults are OpenAI's:
     presence_penalty, frequency_penalty   -2..2
     stream, stream_options.include_usage  server-sent events, and a last chunk with the token counts
 
-and, as in vLLM, the extensions `top_k`, `min_p` and `repetition_penalty`. Unknown fields are ignored, as
+and, as in vLLM, the extensions `top_k`, `min_p`, `repetition_penalty` and `ignore_eos`. Unknown fields are ignored, as
 OpenAI does; a value out of range, a wrong type or a feature this server lacks (suffix, logit_bias, tools)
 is a 400 that names the field. Types are strict: "0.5" is not a temperature.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,6 +56,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(None, ge=0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    ignore_eos: bool = False  # go on past <|endoftext|> (benchmarks: a fixed number of tokens)
 
     @model_validator(mode="after")
     def _check_shared(self):
@@ -90,6 +92,8 @@ class CompletionRequest(SamplingFields):
             raise ValueError("best_of: not supported by this server (use n)")
         if self.echo and self.stream:
             raise ValueError("echo: not supported together with stream")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo: not supported together with logprobs (the prompt's own log-probabilities)")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -159,6 +163,8 @@ def parse_request(kind: type[BaseModel], raw: bytes) -> BaseModel:
             raise ApiError(400, f"the request body is not valid JSON ({first['msg']})", code="invalid_json") from None
         param = ".".join(str(part) for part in first["loc"] if not _is_union_branch(part)) or None
         message = first["msg"].removeprefix("Value error, ")
+        if param is None and re.match(r"^\w+: ", message):  # a check across fields names its field first
+            param = message.split(":")[0]
         if first["type"] == "missing":
             message = f"'{param}' is a required property"
         elif first["type"] == "model_type" and not first["loc"]:

@@ -52,7 +52,12 @@ class Service:
                 raise ApiError(400, f"{param}: token id {bad} is outside the vocabulary (0..{self.tokenizer.vocab_size - 1})", param=param)
             ids = list(prompt)
         else:
-            ids = self.tokenizer.encode_ordinary(prompt)
+            from gptkit.errors import GptkitError
+
+            try:
+                ids = self.tokenizer.encode_ordinary(prompt)
+            except GptkitError as e:  # e.g. a character a char tokenizer never saw
+                raise ApiError(400, f"{param}: {e.message}", param=param) from None
         if not ids:
             if self.tokenizer.eot_id is None:
                 raise ApiError(400, f"{param}: the prompt is empty, and this model's tokenizer has no <|endoftext|> to start from", param=param)
@@ -78,7 +83,7 @@ class Service:
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, stop=req.stop_strings + extra_stops, stop_at_eot=True,
+            presence_penalty=req.presence_penalty, stop=req.stop_strings + extra_stops, stop_at_eot=not req.ignore_eos,
             seed=None if req.seed is None else (req.seed + j) % 2**63, logprobs=logprobs,
         )
         try:
