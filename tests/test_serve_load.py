@@ -135,3 +135,22 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(ckpt):
     assert code in (0, -signal.SIGTERM), server.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/health")
+
+
+def test_the_serve_benchmark_runs():
+    """benchmarks/serve.py with tiny settings, so that the script that measures batching keeps working
+    (its timings are printed, never asserted)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "serve.py"), "--clients", "1", "2", "--requests", "2", "--max-tokens", "4",
+         "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert [r["clients"] for r in report["rounds"]] == [1, 2]
+    assert [r["tokens"] for r in report["rounds"]] == [8, 16]  # ignore_eos: exactly max_tokens per request
