@@ -38,7 +38,7 @@ from gptkit.errors import GptkitError
 from gptkit.kv_cache import KVCache
 from gptkit.sampling import BatchControls, SamplingParams, TextStream, choose, make_generator
 
-__all__ = ["Completion", "Engine", "SamplingParams", "TokenEvent"]
+__all__ = ["Completion", "Engine", "SamplingParams", "TokenEvent", "completion_of"]
 
 
 @dataclass
@@ -310,7 +310,7 @@ class Engine:
             for event in self.step():
                 if event.request_id in events:
                     events[event.request_id].append(event)
-        return [_completion(p, q, events[i]) for p, q, i in zip(prompts, each, ids)]
+        return [completion_of(p, q, events[i]) for p, q, i in zip(prompts, each, ids)]
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
         """One request's events as they come (other requests in the engine step along, their events dropped)."""
@@ -323,7 +323,8 @@ class Engine:
                         return
 
 
-def _completion(prompt_ids: list[int], params: SamplingParams, events: list[TokenEvent]) -> Completion:
+def completion_of(prompt_ids: list[int], params: SamplingParams, events: list[TokenEvent]) -> Completion:
+    """The Completion that a request's events add up to."""
     tokens = [e for e in events if e.token_id is not None]
     wants = params.logprobs is not None
     return Completion(
