@@ -35,7 +35,7 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
     log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug (debug logs every request)."),
 ) -> None:
-    """Serve a checkpoint over HTTP, OpenAI-compatible: /v1/completions, /v1/chat/completions, /v1/models,
+    r"""Serve a checkpoint over HTTP, OpenAI-compatible: /v1/completions, /v1/chat/completions, /v1/models,
     /health, /metrics, and a playground page at /.
 
     Listens on 127.0.0.1 unless --host says otherwise. SIGTERM or Ctrl-C stops accepting connections,

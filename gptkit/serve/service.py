@@ -41,7 +41,8 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.template = template
-        self.max_prompt_tokens = settings.max_prompt_tokens or block_size
+        # the engine reads at most its context; a longer prompt would not fit its window at all
+        self.max_prompt_tokens = min(settings.max_prompt_tokens or block_size, block_size)
 
     # --- requests to rows -------------------------------------------------------------------------
 
