@@ -258,3 +258,33 @@ def test_health_says_503_until_the_model_is_loaded(ckpt, monkeypatch):
         assert failed.status_code == 503 and failed.json() == {"status": "failed", "error": "the weights are gone"}
         assert "the weights are gone" in http.post("/v1/completions", json={"prompt": "a"}).json()["error"]["message"]
     assert len(fatal) == 1
+
+
+def test_serve_help_has_an_example_and_needs_no_torch(run_cli, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    r = run_cli("serve", "-h")
+    assert r.code == 0 and "Example" in r.stdout and "gptkit serve --ckpt" in r.stdout
+    code = (
+        "import sys, gptkit.cli\n"
+        "try:\n    gptkit.cli.main(['serve', '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn') if m in sys.modules), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr
+
+
+def test_the_template_comes_from_the_checkpoint_or_the_option(ckpt, tmp_path):
+    from gptkit.chat_template import TEMPLATES
+    from gptkit.serve.app import read_model_info
+    from gptkit.serve.settings import ServeSettings
+
+    assert read_model_info(ServeSettings(ckpt=ckpt))["template"] == DEFAULT_TEMPLATE  # recorded by the checkpoint
+    plain = make_serve_checkpoint(tmp_path / "plain.safetensors")
+    info = read_model_info(ServeSettings(ckpt=plain))
+    assert info["template"] is None and info["block_size"] == 128 and info["tokenizer"].kind == "char"
+    assert read_model_info(ServeSettings(ckpt=plain, chat_template="alpaca"))["template"] == TEMPLATES["alpaca"]

@@ -187,15 +187,23 @@ def read_model_info(settings: ServeSettings) -> dict:
     from gptkit.tokenizers.loading import tokenizer_from_spec
 
     metadata = read_checkpoint_header(settings.ckpt).metadata
+    # The template a fine-tuned checkpoint records (metadata "chat_template"); an adapter's own comes
+    # first, as inference.LoadedModel.chat_template has it: the adapter is what learned to answer.
+    sources = [(settings.adapter, read_checkpoint_header(settings.adapter).metadata)] if settings.adapter else []
+    sources.append((settings.ckpt, metadata))
+    path = None
     try:
         tokenizer = tokenizer_from_spec(json.loads(metadata["tokenizer"]))
         block_size = int(json.loads(metadata["model_config"])["block_size"])
-        recorded = metadata.get("chat_template")
-        template = check_template(json.loads(recorded), f"{settings.ckpt}'s chat template") if recorded else None
+        template = None
+        for path, source in sources:
+            if source.get("chat_template"):
+                template = check_template(json.loads(source["chat_template"]), f"{path}'s chat template")
+                break
     except (KeyError, ValueError, TypeError) as e:
         from gptkit.checkpoint_format import DamagedFile
 
-        raise DamagedFile(settings.ckpt, f"has damaged metadata ({type(e).__name__}: {e})") from None
+        raise DamagedFile(path or settings.ckpt, f"has damaged metadata ({type(e).__name__}: {e})") from None
     if settings.chat_template is not None:
         template = resolve_template(settings.chat_template)
     return {"tokenizer": tokenizer, "block_size": block_size, "template": template}
