@@ -274,7 +274,7 @@ class Engine:
         picked = logp.gather(1, chosen).view(-1).tolist()
         if n == 0:
             return picked, None
-        top = logp.topk(n, dim=-1)
+        top = logp.topk(min(n, logp.size(-1)), dim=-1)
         return picked, (top.indices.tolist(), top.values.tolist())
 
     def _advance(self, request: _Request, token: int, scores, row: int) -> TokenEvent:
