@@ -119,6 +119,10 @@ def test_logprobs(client):
     for chosen, token_lp, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         assert token_lp <= 0 and 1 <= len(top) <= 3
         assert max(top.values()) == pytest.approx(token_lp, abs=1e-4)  # greedy: the chosen token is the likeliest
+    streamed = list(client.completions.create(model=MODEL, prompt="ab", max_tokens=6, temperature=0, logprobs=0, stream=True))
+    pieces = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert [t for p in pieces for t in p.token_logprobs] == pytest.approx(lp.token_logprobs, abs=1e-5)
+    assert all(p.top_logprobs is None for p in pieces)  # logprobs=0: the chosen token's only
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
     )

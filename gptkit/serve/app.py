@@ -145,11 +145,10 @@ def create_app(settings: ServeSettings, model_info: dict, on_fatal=None) -> Fast
         req = parse_request(CompletionRequest if kind == "completion" else ChatCompletionRequest, await request.body())
         check_model(req.model)
         prepared = service.prepare_completion(req) if kind == "completion" else service.prepare_chat(req)
-        want_logprobs = req.logprobs if kind == "completion" else req.logprobs
         job = service.submit(prepared)
         shapes = service.shapes(kind)
         if req.stream:
-            events = service.stream(job, request.receive, started, shapes, prepared, want_logprobs, req.include_usage)
+            events = service.stream(job, request.receive, started, shapes, prepared, req.logprobs, req.include_usage)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:

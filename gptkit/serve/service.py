@@ -161,7 +161,9 @@ class Service:
         return choices
 
     async def stream(self, job: Job, receive, started: float, shapes: Shapes, prepared: Prepared, want_logprobs, include_usage: bool):
-        """The server-sent events of a streamed job (an async iterator of str)."""
+        """The server-sent events of a streamed job (an async iterator of str). `want_logprobs`: the
+        request's field, an int or None (completions) or a bool (chat)."""
+        logprobs_on = want_logprobs is not None and want_logprobs is not False  # completions' 0 means on
         offsets = [0] * len(job.rows)
         generated = 0
         try:
@@ -178,7 +180,7 @@ class Service:
                         yield sse({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": None}})
                         continue
                     generated += event.token_id is not None
-                    if event.text or event.finish_reason is not None or (want_logprobs is not None and want_logprobs is not False and event.token_id is not None):
+                    if event.text or event.finish_reason is not None or (logprobs_on and event.token_id is not None):
                         yield sse(shapes.chunk(choice, event, offsets[choice], want_logprobs))
                     offsets[choice] += len(event.text)
                 if include_usage:
