@@ -93,8 +93,9 @@ class Scheduler:
         """Queue a request's rows, all or none: QueueFull when the queue lacks room for them all."""
         job = Job(rows, asyncio.get_running_loop())
         with self._lock:
-            free_slots = self.max_batch_size - len(self._running) - len(self._waiting)
-            if len(self._waiting) + len(rows) - max(free_slots, 0) > self.max_queue or self._stopping:
+            # the rows that would wait once every batch slot is taken, these included
+            overflow = len(self._running) + len(self._waiting) + len(rows) - self.max_batch_size
+            if overflow > self.max_queue or self._stopping:
                 raise QueueFull(retry_after_s=max(1, len(self._waiting) // self.max_batch_size))
             self._waiting.extend((job, choice) for choice in range(len(rows)))
             self._lock.notify()
