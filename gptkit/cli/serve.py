@@ -27,7 +27,7 @@ def serve(
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Rows decoded together (continuous batching)."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Rows waiting for a batch slot; more get 503 + Retry-After."),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="Most new tokens one choice may ask for."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=1, help="Longest prompt in tokens (default: the model's context)."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=1, help="Longest prompt in tokens (default and most: the model's context)."),
     max_n: int = typer.Option(16, "--max-n", min=1, help="Most choices (n x prompts) per request."),
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1, help="Largest request body; larger gets 413."),
     drain_timeout: float = typer.Option(60.0, "--drain-timeout", min=0.0, help="Seconds SIGTERM waits for in-flight requests."),
