@@ -15,7 +15,7 @@ Before a handler runs, four layers of ASGI middleware, outermost first:
     LastResort   an unforeseen exception: a 500 in OpenAI's shape, logged
 
 Every refusal, and every error nobody foresaw, is an OpenAI-shaped JSON body: nothing a client sends ends
-the process. The socket is bound at once; the model loads in a thread, and until it is ready /health
+the process. The socket is bound while the model loads in a thread; until it is ready /health
 says 503 and the /v1 endpoints answer 503 with Retry-After.
 """
 
