@@ -192,7 +192,8 @@ def test_every_chapter_links_code_and_ends_with_a_measured_experiment(page):
         text = (folder / page).read_text(encoding="utf-8")
         assert CODE_LINK.search(text), f"{language}/{page} links no code"
         assert command_lines(text), f"{language}/{page} has no gptkit command to run"
-        # the same code links in both languages: a translation names the same functions
+        measured = text.split("\n## ")[-1]  # the last section: what the experiment gave
+        assert re.search(r"\d[.,]\d", measured) and "{{" not in text, f"{language}/{page}: no measured result"
     en_links = CODE_LINK.findall((TOUR / page).read_text(encoding="utf-8"))
     pt_links = CODE_LINK.findall((TOUR / "pt-BR" / page).read_text(encoding="utf-8"))
     assert [(f, n) for f, n, _ in en_links] == [(f, n) for f, n, _ in pt_links]
