@@ -135,7 +135,8 @@ class LearnedPosition(nn.Embedding):
     """GPT-2's positions: one learned C-vector per position, added to the token embeddings.
     Its weight is GPT's `position_embedding.weight` (block_size, C)."""
 
-    acts_in_attention = False  # enters once, at the input
+    adds_at_input = True  # enters once, at the input
+    acts_in_attention = False
 
     def __init__(self, config: ModelConfig):
         super().__init__(config.block_size, config.n_embd)
@@ -164,6 +165,7 @@ class Rotary(nn.Module):
     torch.compile and bf16 kernels see only multiplies and adds.
     """
 
+    adds_at_input = False
     acts_in_attention = True  # turns queries and keys in every layer; nothing is added at the input
 
     def __init__(self, config: ModelConfig, base: float = 10000.0):
@@ -193,6 +195,19 @@ class Rotary(nn.Module):
         pairs = x32.unflatten(-1, (-1, 2))  # (B, T, ..., D/2, 2)
         swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) for each (a, b)
         return torch.addcmul(x32 * cos, swapped, sin).type_as(x)
+
+
+class NoPosition(nn.Module):
+    """No position encoding at all ("NoPE": Haviv et al. 2022, Kazemnejad et al. 2023). Attention alone is
+    blind to order, but the causal mask is not: position t averages over exactly t + 1 values, so the
+    model can still work out where it is. Nothing is learned, added or saved; a baseline that shows what
+    the other schemes buy (and how they extrapolate past the training context)."""
+
+    adds_at_input = False
+    acts_in_attention = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
 
 
 class MLP(nn.Module):
@@ -252,15 +267,16 @@ class SwiGLU(MLP):
 
 
 COMPONENTS: dict[str, dict[str, type[nn.Module]]] = {
-    "position": {"learned": LearnedPosition, "rope": Rotary},
+    "position": {"learned": LearnedPosition, "rope": Rotary, "none": NoPosition},
     "norm": {"layernorm": LayerNorm, "rmsnorm": RMSNorm},
     "mlp": {"gelu": GeluMLP, "relu2": Relu2MLP, "swiglu": SwiGLU},
 }
 
 
-def build(kind: str, config: ModelConfig) -> nn.Module:
-    """The component of `kind` that `config` names, e.g. build("norm", config) -> LayerNorm(config)."""
-    return COMPONENTS[kind][getattr(config, kind)](config)
+def build(kind: str, config: ModelConfig, *args) -> nn.Module:
+    """The component of `kind` that `config` names, e.g. build("norm", config) -> LayerNorm(config);
+    `args` go to its constructor after the config (a block's layer index)."""
+    return COMPONENTS[kind][getattr(config, kind)](config, *args)
 
 
 class CausalSelfAttention(nn.Module):
@@ -310,9 +326,9 @@ class CausalSelfAttention(nn.Module):
 
 class Block(nn.Module):
     """One transformer layer: attention mixes information across positions, the MLP within one.
-    (B, T, C) -> (B, T, C)."""
+    GPT-2's "sequential" block: the MLP reads what attention wrote. (B, T, C) -> (B, T, C)."""
 
-    def __init__(self, config: ModelConfig, layer_index: int, rotary: Rotary | None = None):
+    def __init__(self, config: ModelConfig, layer_index: int = 0, rotary: Rotary | None = None):
         super().__init__()
         self.attn_norm = build("norm", config)
         self.attn = CausalSelfAttention(config, layer_index, rotary)
@@ -323,6 +339,30 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cache)  # residual connections keep gradients flowing
         x = x + self.mlp(self.mlp_norm(x))
         return x
+
+
+class ParallelBlock(nn.Module):
+    """GPT-J's and PaLM's block (Wang & Komatsuzaki 2021; Chowdhery et al. 2022): attention and the MLP
+    read the same normalised input, side by side, and both write into the residual stream at once:
+
+        h = norm(x);  x = x + Attention(h) + MLP(h)
+
+    One norm per layer instead of two, and the two sublayers no longer wait for each other (PaLM
+    fuses their input matmuls: ~15% faster at scale, a small quality cost at small scale). Its one norm
+    is `attn_norm`; there is no `mlp_norm`. (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: ModelConfig, layer_index: int = 0, rotary: Rotary | None = None):
+        super().__init__()
+        self.attn_norm = build("norm", config)
+        self.attn = CausalSelfAttention(config, layer_index, rotary)
+        self.mlp = build("mlp", config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        h = self.attn_norm(x)
+        return x + self.attn(h, cache) + self.mlp(h)
+
+
+COMPONENTS["block"] = {"sequential": Block, "parallel": ParallelBlock}  # built per layer: build("block", config, i, rotary)
 
 
 class GPT(nn.Module):
@@ -345,10 +385,10 @@ class GPT(nn.Module):
         # The position scheme enters either once at the input (a learned table) or in every layer's
         # attention (rotary: the same cos/sin tables for all layers).
         position = build("position", config)
-        self.position_embedding = None if position.acts_in_attention else position
+        self.position_embedding = position if position.adds_at_input else None
         rotary = position if position.acts_in_attention else None
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i, rotary) for i in range(config.n_layer))
+        self.blocks = nn.ModuleList(build("block", config, i, rotary) for i in range(config.n_layer))
         self.final_norm = build("norm", config)
         # Tied: the output layer reuses token_embedding.weight, so there is no separate matrix to learn.
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
