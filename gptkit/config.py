@@ -78,8 +78,8 @@ class ModelConfig:
     )
     # The swappable components (model.py's COMPONENTS tables and docs/components.md): GPT-2's are the defaults.
     position: str = option(
-        "learned", "Position encoding: a learned table, rotary, or none (order from the causal mask alone).",
-        choices=("learned", "rope", "none"), panel=MODEL,
+        "learned", "Position encoding: a learned table, rotary, ALiBi's distance bias, or none (order from the causal "
+        "mask alone).", choices=("learned", "rope", "alibi", "none"), panel=MODEL,
     )
     norm: str = option("layernorm", "Normalization layer.", choices=("layernorm", "rmsnorm"), panel=MODEL)
     mlp: str = option("gelu", "Feed-forward block.", choices=("gelu", "relu2", "swiglu"), panel=MODEL)

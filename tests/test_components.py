@@ -37,8 +37,18 @@ VARIANTS = {
     "rmsnorm": dict(norm="rmsnorm"),
     "relu2": dict(mlp="relu2"),
     "swiglu": dict(mlp="swiglu"),
+    "alibi": dict(position="alibi"),
+    "grouped-query": dict(n_head=4, n_kv_head=2),
+    "multi-query": dict(n_head=4, n_kv_head=1),
+    "qk-norm": dict(qk_norm=True),
+    "window": dict(attention_window=5),
     "parallel": dict(block="parallel"),
+    # where parts interact: the cache holds H_kv heads of turned keys, windows and biases from positions
+    "gqa-rope-window": dict(n_head=4, n_kv_head=2, position="rope", attention_window=6),
+    "alibi-window-dropout": dict(position="alibi", attention_window=6, dropout=0.2),
+    "mqa-alibi-qk-norm": dict(n_head=4, n_kv_head=1, position="alibi", qk_norm=True),
     "parallel-rope-dropout": dict(block="parallel", position="rope", dropout=0.2),
+    "llama-like": dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_head=4, n_kv_head=2),
 }
 STEPS, SAVE_EVERY, CRASH_AT = 8, 4, 6
 
@@ -165,6 +175,170 @@ def test_parallel_block_has_one_norm_and_adds_both_sublayers_to_one_input():
     with torch.no_grad():
         h = block.attn_norm(x)
         torch.testing.assert_close(block(x), x + block.attn(h) + block.mlp(h))
+
+
+def reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
+    """Attention written out by hand, in float64, from the module's own weights: every head's scores
+    q.k / sqrt(D), ALiBi's -m_h (i - j), the causal and window masks, the softmax, the key/value head of
+    each query head's group, the output projection."""
+    B, T, C = x.shape
+    H, H_kv = attn.n_head, attn.n_kv_head
+    D = C // H
+    x = x.double()
+    q, k, v = (x @ attn.qkv.weight.double().t()).split(attn.qkv_split, dim=-1)
+    q, k, v = q.view(B, T, H, D), k.view(B, T, H_kv, D), v.view(B, T, H_kv, D)
+    if attn.q_norm is not None:
+        q = q / q.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * attn.q_norm.weight.double()
+        k = k / k.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * attn.k_norm.weight.double()
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (j <= i) & ((i - j < attn.window) if attn.window else True)
+    out = torch.empty(B, T, H, D, dtype=torch.float64)
+    for h in range(H):
+        g = h // (H // H_kv)  # the key/value head of this query head's group
+        scores = q[:, :, h] @ k[:, :, g].transpose(1, 2) / D**0.5  # (B, T, T)
+        if attn.alibi is not None:
+            scores = scores - float(attn.alibi.slopes[h]) * (i - j)
+        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        out[:, :, h] = weights @ v[:, :, g]
+    return out.reshape(B, T, C) @ attn.proj.weight.double().t()
+
+
+ATTENTION = {
+    "multi-head": dict(),
+    "grouped-query": dict(n_kv_head=2),
+    "multi-query": dict(n_kv_head=1),
+    "qk-norm": dict(qk_norm=True),
+    "window": dict(attention_window=3),
+    "alibi": dict(position="alibi"),
+    "alibi-6-heads": dict(position="alibi", n_head=6, n_embd=48),
+    "everything": dict(position="alibi", n_kv_head=2, qk_norm=True, attention_window=4),
+}
+
+
+@pytest.mark.parametrize("case", list(ATTENTION))
+def test_attention_variants_compute_what_their_papers_write(case):
+    model = tiny(bias=False, **ATTENTION[case])
+    attn = model.blocks[0].attn
+    if attn.q_norm is not None:  # gains away from 1, so that they count
+        with torch.no_grad():
+            attn.q_norm.weight.uniform_(0.5, 1.5), attn.k_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 9, model.config.n_embd, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x).double(), reference_attention(attn, x), rtol=1e-4, atol=1e-5)
+
+
+def test_alibi_slopes_are_the_papers():
+    from gptkit.components import ALiBi
+
+    assert ALiBi.slopes_for(8) == [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8]
+    assert ALiBi.slopes_for(4) == [2**-2, 2**-4, 2**-6, 2**-8]
+    assert ALiBi.slopes_for(6) == [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]  # 4 of their own, 2 of 8's in between
+    model = tiny(position="alibi")
+    assert model.position_embedding is None and not any("position" in k or "slopes" in k for k in model.state_dict())
+
+
+def test_grouped_query_attention_is_multi_head_with_shared_key_value_heads():
+    """A GQA model equals the multi-head model whose key/value heads are copies within each group; its
+    qkv layer is smaller by the missing key/value rows, and it caches only its H_kv heads."""
+    from gptkit.kv_cache import KVCache
+
+    gqa = tiny(n_kv_head=2)  # 4 query heads, 2 key/value heads, D = 8
+    mha = tiny()
+    D = 8
+    assert gqa.blocks[0].attn.qkv.weight.shape == (32 + 2 * 2 * D, 32)
+    assert mha.num_params() - gqa.num_params() == 2 * (2 * 2 * D) * (32 + 1)  # layers x missing k, v rows x (weights + bias)
+    state = mha.state_dict()
+    for name, tensor in gqa.state_dict().items():
+        if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
+            q, k, v = tensor.split((32, 16, 16))
+            per_head = lambda t: t.unflatten(0, (2, D)).repeat_interleave(2, dim=0).flatten(0, 1)  # noqa: E731
+            state[name] = torch.cat([q, per_head(k), per_head(v)])
+        else:
+            state[name] = tensor
+    mha.load_state_dict(state)
+    ids = torch.randint(VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids)[0], mha(ids)[0], rtol=1e-5, atol=1e-5)
+        for model, heads in ((gqa, 2), (tiny(n_kv_head=1), 1), (mha, 4)):
+            cache = KVCache(model.config.n_layer)
+            model(ids, cache=cache)
+            assert cache.keys[0].shape == (2, heads, 16, D)  # (B, H_kv, block_size, D)
+
+
+def test_n_kv_head_equal_to_n_head_is_the_default_model():
+    default, explicit = tiny(), tiny(n_kv_head=4)
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in explicit.state_dict().items()}
+    ids = torch.randint(VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(default(ids)[0], explicit(ids)[0])
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    model = tiny(qk_norm=True, bias=False)
+    attn = model.blocks[0].attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (8,)  # one gain per head channel
+    x = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        before = attn(x)
+        attn.qkv.weight[:48] *= 30.0  # queries and keys 30x larger: the logits of plain attention would explode
+        torch.testing.assert_close(attn(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_a_window_limits_how_far_back_each_layer_reaches():
+    """Window 3, two layers: position t sees t-2..t in each layer, so t - 4 at most through both."""
+    model = tiny(attention_window=3)
+    ids = torch.randint(VOCAB, (1, 12), generator=torch.Generator().manual_seed(7))
+    changed = ids.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = model(ids)[0][0], model(changed)[0][0]
+    assert not torch.allclose(a[4], b[4])  # reached through two layers
+    torch.testing.assert_close(a[5:], b[5:], rtol=0, atol=0)  # out of reach: exactly unchanged
+
+
+def test_flops_count_the_window_and_the_smaller_qkv():
+    for overrides, keys in ((dict(), 16), (dict(attention_window=4), 4), (dict(attention_window=64), 16), (dict(n_kv_head=1), 16)):
+        model = tiny(**overrides)
+        assert model.flops_per_token() == 6 * model.num_params(False) + 12 * 2 * 32 * keys
+    assert tiny(n_kv_head=1).flops_per_token() < tiny().flops_per_token()
+
+
+POSITION_VARIANTS = {
+    "learned": dict(), "rope": dict(position="rope"), "alibi": dict(position="alibi"), "none": dict(position="none"),
+    "window": dict(attention_window=4), "gqa-rope-window": dict(position="rope", n_kv_head=2, attention_window=4),
+    "alibi-window-mqa": dict(position="alibi", attention_window=5, n_kv_head=1), "qk-norm": dict(qk_norm=True),
+    "parallel": dict(block="parallel"),
+}
+
+
+@pytest.mark.parametrize("variant", list(POSITION_VARIANTS))
+def test_rows_of_different_lengths_decode_as_if_alone(variant):
+    """The engine's batch: prompts of 3 and 7 tokens prefilled in one padded pass, then decoded together,
+    each row at its own position (the mask from positions): every logit is that of the row alone."""
+    from gptkit.kv_cache import KVCache
+
+    model = tiny(**POSITION_VARIANTS[variant]).double()
+    g = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(VOCAB, (3,), generator=g).tolist(), torch.randint(VOCAB, (7,), generator=g).tolist()]
+    cache = KVCache(model.config.n_layer, batch_size=2)
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([p + [0] * (7 - len(p)) for p in prompts]), cache=cache.rows([0, 1], [3, 7]))
+        last = [logits[0, 2], logits[1, 6]]
+        sequences = [list(p) for p in prompts]
+        for _ in range(6):  # row 1 runs past position 12: beyond the windows, both rows far apart
+            for row, seq in enumerate(sequences):
+                want = model(torch.tensor([seq]))[0][0, -1]
+                torch.testing.assert_close(last[row], want, rtol=0, atol=1e-10)
+                seq.append(int(want.argmax()))
+            logits, _ = model(torch.tensor([[s[-1]] for s in sequences]), cache=cache)
+            last = [logits[0, 0], logits[1, 0]]
+
+
+def test_lora_targets_the_right_rows_of_a_grouped_qkv():
+    from gptkit.lora import apply_lora
+
+    model = apply_lora(tiny(n_kv_head=2), "k,v", rank=2, alpha=2)
+    assert model.blocks[0].attn.qkv.parts == [(32, 48), (48, 64)]  # q is 32 rows, k and v 16 each
 
 
 @pytest.mark.parametrize(
