@@ -299,6 +299,30 @@ class GPT(nn.Module):
             n -= self.position_embedding.weight.numel()
         return n
 
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final norm's output (B, T, C): everything but the output layer. Generation
+        calls this and output_logits separately, to compute the logits of the last positions only."""
+        B, T = idx.shape
+        if cache is None and T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        if cache is not None:  # each row continues at its own length (see kv_cache.py)
+            cache.begin(B, T, self.config.block_size, idx.device)
+        x = self.token_embedding(idx)  # (B, T, C)
+        if self.position_embedding is not None:
+            x = self.position_embedding.add_to(x, cache.positions if cache is not None else 0)  # + (T, C) or (B, T, C)
+        x = self.embedding_dropout(x)
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.end(T)
+        return self.final_norm(x)
+
+    def output_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) -> logits (..., padded_vocab_size)."""
+        if self.lm_head is None:
+            return F.linear(x, self.token_embedding.weight)  # tied: (..., C) @ (C, V)
+        return self.lm_head(x)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -317,23 +341,7 @@ class GPT(nn.Module):
         The loss is over all padded logits, as in nanoGPT: the padded ids are never targets, so training
         drives their probability towards zero without a mask on the hot path."""
         B, T = idx.shape
-        if cache is None and T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
-        if cache is not None:  # each row continues at its own length (see kv_cache.py)
-            cache.begin(B, T, self.config.block_size, idx.device)
-        x = self.token_embedding(idx)  # (B, T, C)
-        if self.position_embedding is not None:
-            x = self.position_embedding.add_to(x, cache.positions if cache is not None else 0)  # + (T, C) or (B, T, C)
-        x = self.embedding_dropout(x)
-        for block in self.blocks:
-            x = block(x, cache)
-        if cache is not None:
-            cache.end(T)
-        x = self.final_norm(x)
-        if self.lm_head is None:
-            logits = F.linear(x, self.token_embedding.weight)  # tied: (B, T, C) @ (C, V)
-        else:
-            logits = self.lm_head(x)
+        logits = self.output_logits(self.hidden_states(idx, cache))  # (B, T, padded_vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
