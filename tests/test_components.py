@@ -334,6 +334,32 @@ def test_rows_of_different_lengths_decode_as_if_alone(variant):
             last = [logits[0, 0], logits[1, 0]]
 
 
+ENGINE_VARIANTS = {  # the choices test_engine.py covers through COMPONENT_CHOICES, these through the numbers
+    "grouped-query": dict(n_kv_head=2), "multi-query": dict(n_kv_head=1), "qk-norm": dict(qk_norm=True),
+    "window": dict(attention_window=5), "gqa-rope-window": dict(n_kv_head=2, position="rope", attention_window=6),
+    "alibi-window": dict(position="alibi", attention_window=6), "mqa-alibi-qk-norm": dict(n_kv_head=1, position="alibi", qk_norm=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(ENGINE_VARIANTS))
+def test_the_engine_batches_every_attention_variant_as_if_each_row_were_alone(variant):
+    """Three prompts of different lengths in one continuous batch, 40 tokens each, past the context of 16
+    (windows restart): every row's tokens are those of recomputing its window from scratch."""
+    from gptkit.engine import Engine, SamplingParams
+    from gptkit.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,\n")
+    model = tiny(vocab_size=tokenizer.vocab_size, **ENGINE_VARIANTS[variant]).double()
+    with torch.no_grad():  # sharper than the init: texts that differ between prompts and positions
+        for p in model.parameters():
+            p.mul_(4.0 if p.dim() > 1 else 1.0)
+    prompts = [tokenizer.encode("the king"), tokenizer.encode("a"), tokenizer.encode("my lord, the")]
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, stop_at_eot=False)
+    completions = Engine(model, tokenizer, max_batch_size=3).generate(prompts, params)
+    for prompt, completion in zip(prompts, completions):
+        assert completion.token_ids == recomputed_greedy(model, prompt, 40)
+
+
 def test_lora_targets_the_right_rows_of_a_grouped_qkv():
     from gptkit.lora import apply_lora
 
