@@ -25,22 +25,29 @@ Four details that matter in practice:
     ids are never targets, so training pushes their logits down; sampling drops them (`GPT.unpadded`).
 
 Each component can be swapped from the config, so a student can change one thing and measure it
-(the GPT-2 choice is the default; presets pick others). Each kind has one table, COMPONENTS[kind]
-(name -> class, every class built as cls(config)); a new choice is one class and one table row,
-plus its name in config.COMPONENT_CHOICES:
+(the GPT-2 choice is the default; presets pick others; docs/components.md has the table with papers).
+Each kind has one table, COMPONENTS[kind] (name -> class, built as cls(config)); a new choice is one
+class and one table row, plus its name in config.COMPONENT_CHOICES. The norms, positions and MLPs live
+in components.py (importable from here too); attention and the blocks are below:
 
-    position        learned  | rope    rotary embeddings (Su et al., RoFormer 2021): relative positions,
-                                       adjacent channel pairs turned by real cos/sin tables
-    norm            layernorm| rmsnorm scale-only normalisation (Zhang & Sennrich 2019): cheaper
-    mlp             gelu     | relu2 | swiglu   (So et al., Primer 2021; Shazeer, GLU variants 2020)
-    tie_embeddings  True     | False   separate output matrix
+    position        learned | rope | alibi | none    a table at the input | rotated q, k (RoFormer) |
+                                                     a distance bias on the scores (ALiBi) | nothing (NoPE)
+    norm            layernorm | rmsnorm              (Zhang & Sennrich 2019: scale only)
+    mlp             gelu | relu2 | swiglu            (So et al., Primer 2021; Shazeer, GLU variants 2020)
+    block           sequential | parallel            x + attn(norm x) + mlp(norm x) (GPT-J, PaLM)
+    n_kv_head       0 (= n_head) | 1 < k < n_head | 1    multi-head | grouped-query (GQA) | multi-query
+    qk_norm         False | True                     queries and keys RMS-normalised per head
+    attention_window  0 (off) | N                    each position sees its last N positions only
+    bias, dropout, tie_embeddings                    biases on/off, dropout rate, a separate output matrix
 
 The loss skips targets equal to IGNORE_INDEX (-100: prompt tokens, padding) and can be summed
 (`reduction="sum"`) so a training loop weighs every valid token of an optimizer step alike.
 
 `generate.py` and `engine.py` drive this model with a KV cache (kv_cache.py): `forward(idx, cache=...)`
 writes the keys and values of the new positions into the cache, in place, instead of recomputing the
-whole prefix; each row of the batch has its own positions (B, T), which both position schemes take.
+whole prefix; each row of the batch has its own positions (B, T), which every position scheme takes,
+and the window and ALiBi build their masks from (kv_cache.attention_mask). The cache holds the n_kv_head
+key/value heads only.
 """
 
 from __future__ import annotations
@@ -85,6 +92,9 @@ def shapes_only():
     its compiler stack, seconds to import). Loaders use it to check and receive a file's weights."""
     with torch.device("meta"), _SkipInit():
         yield
+
+
+# --- attention and the blocks (the norms, positions and MLPs they are built from: components.py) ------
 
 
 def build(kind: str, config: ModelConfig, *args) -> nn.Module:
@@ -138,13 +148,17 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         H, H_kv, D = self.n_head, self.n_kv_head, C // self.n_head
-        q, k, v = self.qkv(x).split(self.qkv_split, dim=-1)  # (B, T, H*D), 2 x (B, T, H_kv*D)
+        qkv = self.qkv(x)  # (B, T, (H + 2 H_kv) * D)
+        q, k, v = qkv.split(self.qkv_split, dim=-1)  # (B, T, H*D), 2 x (B, T, H_kv*D)
         q, k, v = q.view(B, T, H, D), k.view(B, T, H_kv, D), v.view(B, T, H_kv, D)  # split into heads
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # each head's D-vector to unit RMS, times a gain
         positions = cache.positions if cache is not None else 0  # int start, or each row's (B, T)
         if self.rotary is not None:  # positions enter here, not at the embedding
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            if H_kv == H and self.q_norm is None:  # q and k lie side by side in qkv: one rotation for both
+                q, k = self.rotary(qkv.view(B, T, 3, H, D)[:, :, :2], positions).unbind(2)  # (faster on CPU)
+            else:
+                q, k = self.rotary(q, positions), self.rotary(k, positions)
         # (B, T, H, D) -> (B, H, T, D): each head attends independently.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask, causal = None, True
@@ -224,10 +238,12 @@ COMPONENTS: dict[str, dict[str, type[nn.Module]]] = {**COMPONENT_PARTS, "block":
 class GPT(nn.Module):
     """The whole model: token ids (B, T) -> logits (B, T, padded_vocab_size), and a loss given targets.
 
-    Built from `config`: the position scheme, the norm and the MLP come from the COMPONENTS tables;
-    `tie_embeddings` decides whether the output layer has its own matrix. State-dict names:
+    Built from `config`: the position scheme, the norm, the MLP and the block come from the COMPONENTS
+    tables; `tie_embeddings` decides whether the output layer has its own matrix. State-dict names:
     token_embedding, position_embedding (learned positions only), blocks.N.{attn_norm, attn.qkv,
-    attn.proj, mlp_norm, mlp.fc, mlp.proj}, final_norm, lm_head (untied only).
+    attn.q_norm and attn.k_norm (qk_norm only), attn.proj, mlp_norm (sequential blocks only), mlp.fc,
+    mlp.proj}, final_norm, lm_head (untied only). attn.qkv has (n_head + 2 n_kv_head) x D rows: 3C, as
+    in GPT-2, unless grouped-query.
     """
 
     def __init__(self, config: ModelConfig):

@@ -36,8 +36,10 @@ ARCHITECTURES = {
 }
 # Parts neither architecture has, whatever the other choices: (does the config use it?, why it cannot go).
 NO_COUNTERPART = (
-    (lambda c: c.position == "alibi", "ALiBi positions (a distance bias on the attention scores) have no counterpart in GPT-2 or Llama runtimes"),
-    (lambda c: c.position == "none", "a model without positions (position = none) has no counterpart in GPT-2 or Llama runtimes, which always add or rotate them"),
+    (lambda c: c.position == "alibi",
+     "ALiBi positions (a distance bias on the attention scores) have no counterpart in GPT-2 or Llama runtimes"),
+    (lambda c: c.position == "none",
+     "a model without positions (position = none) has no counterpart in GPT-2 or Llama runtimes, which always add or rotate them"),
     (lambda c: c.block == "parallel", "the parallel block (attention and MLP side by side) is neither GPT-2's nor Llama's"),
     (lambda c: c.qk_norm, "QK-norm (normalised queries and keys) is neither in GPT-2 nor in Llama"),
     (lambda c: c.attention_window > 0, "sliding-window attention (attention_window) is neither in GPT-2 nor in Llama"),
@@ -65,7 +67,8 @@ def architecture_of(config: ModelConfig) -> str:
     for name, choices in ARCHITECTURES.items():
         if all(getattr(config, key) == value for key, value in choices.items()):
             if name == "gpt2" and config.kv_heads != config.n_head:
-                raise GptkitError(f"this model cannot be exported: {GPT2_NEEDS_ALL_KV_HEADS} (this model: n_kv_head = {config.n_kv_head})", hint=hint)
+                why = f"{GPT2_NEEDS_ALL_KV_HEADS} (this model: n_kv_head = {config.n_kv_head})"
+                raise GptkitError(f"this model cannot be exported: {why}", hint=hint)
             return name
     # Name the family the model is closest to, and what stands in its way.
     best = max(ARCHITECTURES, key=lambda n: sum(getattr(config, k) == v for k, v in ARCHITECTURES[n].items()))
