@@ -5,8 +5,11 @@ For each variant, one tiny run (robust_fixtures' char-level Shakespeare, 2 layer
   * samples with the KV cache, and the tokens equal those of recomputing every prefix from scratch;
   * resumes after a crash between checkpoints, bitwise (every loss and every weight), as test_resume.py
     requires of the default model.
-Then the parts' own properties: the default is exactly GPT-2 (names, shapes, logits), parameter and FLOP
-counts, and the clear refusal of every export format for what it cannot express.
+Then the parts' own properties: the default is exactly GPT-2 (names, shapes, logits); each attention
+variant against attention written out by hand; parameter and FLOP counts; rows of different lengths in
+one cached batch (the engine's), for every variant; Llama's grouped-query attention exported to
+transformers, llama.cpp and onnxruntime with the same logits and tokens; and the clear refusal of every
+export format for what it cannot express.
 """
 
 from __future__ import annotations
@@ -517,3 +520,44 @@ def test_the_cli_refusal_is_one_error_line_with_the_fix(tmp_path):
     message = result.stderr.decode()
     assert result.returncode == 1 and "Traceback" not in message
     assert "Error: this model cannot be exported: ALiBi" in message and "QK-norm" in message and "what exports" in message
+
+
+# --- checkpoints: old ones load as GPT-2, weights that do not fit are named ----------------------------------
+
+NEW_FIELDS = ("block", "n_kv_head", "qk_norm", "attention_window")
+
+
+def test_a_checkpoint_from_before_the_new_parts_loads_with_their_defaults(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from gptkit.checkpoint import save_checkpoint
+
+    model = tiny(position="rope", tie_embeddings=False)
+    path = tmp_path / "new.safetensors"
+    save_checkpoint(path, model, {"kind": "char", "chars": [chr(i) for i in range(VOCAB)]}, step=1)
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    saved = json.loads(metadata["model_config"])
+    assert set(NEW_FIELDS) <= set(saved)
+    metadata["model_config"] = json.dumps({k: v for k, v in saved.items() if k not in NEW_FIELDS})  # as written before
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=metadata)
+    old = load_checkpoint(tmp_path / "old.safetensors")
+    assert (old.model_config.block, old.model_config.n_kv_head, old.model_config.qk_norm, old.model_config.attention_window) == (
+        "sequential", 0, False, 0)
+    ids = torch.randint(VOCAB, (1, 10), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.equal(old.build_model().eval()(ids)[0], model(ids)[0])
+
+
+def test_weights_of_other_key_value_heads_are_refused_by_name():
+    from gptkit.checkpoint import check_weights_fit
+
+    shapes = {k: tuple(v.shape) for k, v in tiny().state_dict().items()}  # 4 key/value heads
+    with pytest.raises(GptkitError) as refused:
+        check_weights_fit(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=4, n_embd=32, n_kv_head=2), shapes)
+    assert "n_kv_head 2" in refused.value.message and "blocks.0.attn.qkv.weight is (96, 32) in the file" in refused.value.message
+    with pytest.raises(GptkitError, match="attn.q_norm.weight is missing"):
+        check_weights_fit(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=4, n_embd=32, qk_norm=True), shapes)
