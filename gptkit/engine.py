@@ -21,6 +21,9 @@ block_size tokens, as generate.py and a full recomputation do, at the cost of on
 shift s > 0 re-prefills once every s + 1 tokens and predicts each from between block_size - s and
 block_size tokens: cheaper, not the same tokens. Inside the context, neither re-prefills.
 
+static=True decodes with fixed shapes (static_decode.py), which torch.compile captures as a CUDA graph
+on a GPU (compile="auto": on CUDA only); the tokens are the same.
+
 The engine is not thread-safe: one thread calls step() (a server passes requests and events through queues).
 """
 
@@ -90,6 +93,8 @@ class Engine:
         max_batch_size: int = 8,
         precision: torch.dtype = torch.float32,
         context_shift: int = 0,
+        static: bool = False,
+        compile: bool | str = "auto",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -108,6 +113,11 @@ class Engine:
         self._controls: BatchControls | None = None  # rebuilt when rows join or leave
         self._next_id = 0
         self._dead: list[_Request] = []  # cancelled before they started
+        self.static = None  # static=True: decode through static_decode.StaticDecoder (CUDA graphs)
+        if static:
+            from gptkit.static_decode import StaticDecoder
+
+            self.static = StaticDecoder(model, self.cache, self.device, compile)
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, device: str = "auto", dtype: str = "auto", adapter=None, **kw) -> Engine:
@@ -163,7 +173,8 @@ class Engine:
         running = [r for r in self.rows if r is not None]
         if not running:
             return events
-        hi = max(r.row for r in running) + 1  # rows 0..hi-1 go through the model together
+        # rows 0..hi-1 go through the model together (a static decoder: always all of them)
+        hi = self.max_batch_size if self.static else max(r.row for r in running) + 1
         # A new row, or a full one whose window restarts (see the module docstring), is prefilled.
         refill = [r for r in running if not r.tokens or self.cache.lengths[r.row] == self.block_size]
         for request in refill:  # emptied first: the decode pass's throw-away token for them lands in slot 0
@@ -208,6 +219,11 @@ class Engine:
         if all(r.row in skip for r in running):
             return None
         live = {r.row for r in running} - skip
+        if self.static is not None:  # fixed shapes: every row, every slot, positions from a device buffer
+            logits = self.static(self.last_tokens, self.cache.lengths)
+            for row in live:
+                self.cache.lengths[row] += 1
+            return logits
         view = self.cache.rows(list(range(hi)), [1 if row in live else 0 for row in range(hi)])
         x = self.model.hidden_states(self.last_tokens[:hi], cache=view)  # (hi, 1, C)
         return self.model.unpadded(self.model.output_logits(x[:, 0])).float()  # (hi, V)
@@ -258,7 +274,7 @@ class Engine:
         picked = logp.gather(1, chosen).view(-1).tolist()
         if n == 0:
             return picked, None
-        top = logp.topk(n, dim=-1)
+        top = logp.topk(min(n, logp.size(-1)), dim=-1)
         return picked, (top.indices.tolist(), top.values.tolist())
 
     def _advance(self, request: _Request, token: int, scores, row: int) -> TokenEvent:

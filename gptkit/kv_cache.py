@@ -82,6 +82,7 @@ class KVCache:
         self.prefill = True  # this pass fills empty rows (attention causal over the new tokens alone)
         self.mask: torch.Tensor | None = None  # (B, 1, 1, S) for a decode of rows at different positions
         self._index: torch.Tensor | slice | None = None
+        self._static_positions: torch.Tensor | None = None  # set by static() for one pass
         self._span = 0  # slots the decode attends to: the longest row's length + 1
 
     # --- the caller's side -------------------------------------------------------------------------
@@ -117,8 +118,26 @@ class KVCache:
 
     # --- the model's side (GPT.forward, then each attention layer) ---------------------------------
 
+    def static(self, positions: torch.Tensor) -> KVCache:
+        """This cache, for one decode pass with shapes that never change (static_decode.py): every row
+        (B_max) takes one token at its position positions[row] (a (B_max,) tensor on the device, not the
+        host lengths), and attends over all `capacity` slots through the mask. No host value enters, so
+        torch.compile can capture the pass once (a CUDA graph) and replay it. The caller keeps
+        self.lengths up to date (each live row + 1)."""
+        self._static_positions = positions
+        return self
+
+    def _begin_static(self, B: int) -> None:
+        positions = self._static_positions
+        self.prefill, self.positions, self._span = False, positions[:, None], self.capacity  # (B, 1)
+        slots = torch.arange(self.capacity, device=positions.device)[None, :]  # (1, capacity)
+        self.mask = attention_mask(self.positions, slots)  # (B, 1, 1, capacity)
+        self._index, self._scatter_index = (slice(0, B), positions), None
+
     def begin(self, B: int, T: int, capacity: int, device: torch.device) -> None:
         """Check and record what this forward pass of B rows x T new tokens writes."""
+        if self._static_positions is not None:
+            return self._begin_static(B)
         rows = self._rows if self._rows is not None else list(range(B))
         if self.capacity is None:
             self.capacity = capacity
@@ -136,14 +155,13 @@ class KVCache:
                 raise ValueError("KVCache: feed one token at a time after the prompt")
             self.positions, self.mask, self._span, self._index = 0, None, T, index
         elif min(starts) == max(starts):  # decode, every row at the same position: it sees every slot
-            self.positions, self.mask, self._span = starts[0], None, longest
-            self._index = (index, torch.full((B,), starts[0], device=device))
+            self.positions, self.mask, self._span, self._index = starts[0], None, longest, (index, starts[0])
         else:  # decode, rows of different lengths: each query at its own position, the mask hides the rest
             pos = torch.tensor(starts, device=device)  # (B,)
             self.positions = pos[:, None]  # (B, 1)
             self.mask = attention_mask(self.positions, torch.arange(longest, device=device)[None, :])  # (B, 1, 1, S)
             self._span, self._index = longest, (index, pos)
-        self._arange = torch.arange(B, device=device) if contiguous and not self.prefill else None
+        self._scatter_index = None  # (B, H_kv, 1, D) slots for scatter_, made by the first layer
         self._current = rows
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,18 +177,27 @@ class KVCache:
             K[rows, :, : k.size(2)] = k
             V[rows, :, : v.size(2)] = v
             return k, v
-        rows, pos = self._index
-        if isinstance(rows, slice):
-            K, V = K[rows], V[rows]  # views of the batch's rows: writes land in the cache
-            rows = self._arange
-        K[rows, :, pos] = k[:, :, 0]  # row i's new key into its slot pos[i]: (B, H_kv, D)
-        V[rows, :, pos] = v[:, :, 0]
-        if isinstance(self._index[0], slice):
-            return K[:, :, : self._span], V[:, :, : self._span]  # views, no copy
-        return K[rows, :, : self._span], V[rows, :, : self._span]  # gathered: (B, H_kv, S, D)
+        rows, slot = self._index  # slot: one int for every row, or each row's (B,)
+        if not isinstance(rows, slice):  # scattered rows (not what the engine sends): index, then gather
+            K[rows, :, slot] = k[:, :, 0]
+            V[rows, :, slot] = v[:, :, 0]
+            return K[rows, :, : self._span], V[rows, :, : self._span]  # (B, H_kv, S, D) copies
+        K, V = K[rows], V[rows]  # views of the batch's rows: writes land in the cache
+        if isinstance(slot, int):
+            K[:, :, slot : slot + 1] = k  # a plain slice: the cheapest write
+            V[:, :, slot : slot + 1] = v
+        else:
+            if self._scatter_index is None:
+                self._scatter_index = slot.view(-1, 1, 1, 1).expand(k.shape)  # (B, H_kv, 1, D)
+            K.scatter_(2, self._scatter_index, k)  # row i's key into its slot pos[i]
+            V.scatter_(2, self._scatter_index, v)
+        return K[:, :, : self._span], V[:, :, : self._span]  # views, no copy: (B, H_kv, S, D)
 
     def end(self, T: int) -> None:
         """After the last layer: each row now holds its new positions."""
+        if self._static_positions is not None:
+            self._static_positions = None  # the caller counts (see static())
+            return
         new = self._new if self._new is not None else [T] * len(self._current)
         for row, n in zip(self._current, new):
             self.lengths[row] += n

@@ -304,3 +304,26 @@ def test_prompt_errors():
         engine.add_request([1] * 17, SamplingParams())
     with pytest.raises(GptkitError, match="at least one prompt token"):
         engine.add_request([], SamplingParams())
+
+
+@pytest.mark.parametrize("variant", [{}, {"position": "rope"}])
+def test_the_static_decode_step_gives_the_engines_tokens(variant):
+    """The fixed-shape decode that CUDA graphs capture (every row, every slot, positions from a device
+    buffer), run eagerly on the CPU: the same tokens as the ordinary engine, in a mixed batch."""
+    model = tiny_model(**variant)
+    prompts = [TOK.encode("the king"), TOK.encode("a"), TOK.encode("my lord, the")]
+    params = [SamplingParams(max_new_tokens=30, temperature=t, seed=s, stop_at_eot=False) for t, s in ((0.0, 1), (1.0, 2), (0.8, 3))]
+    want = [c.token_ids for c in Engine(model, TOK, max_batch_size=4).generate(prompts, params)]
+    static = Engine(model, TOK, max_batch_size=4, static=True, compile=False)
+    assert [c.token_ids for c in static.generate(prompts, params)] == want
+
+
+def test_the_static_decode_step_traces_as_one_graph():
+    """torch.compile(fullgraph=True) of the static step: no graph break (a break would make CUDA graphs
+    impossible); the 'eager' backend checks the capture without compiling kernels."""
+    model = tiny_model(position="rope")
+    prompts = [TOK.encode("the king"), TOK.encode("ab")]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, stop_at_eot=False)
+    want = [c.token_ids for c in Engine(model, TOK, max_batch_size=2).generate(prompts, params)]
+    engine = Engine(model, TOK, max_batch_size=2, static=True, compile="eager")
+    assert [c.token_ids for c in engine.generate(prompts, params)] == want
