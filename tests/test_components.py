@@ -337,17 +337,20 @@ def test_rows_of_different_lengths_decode_as_if_alone(variant):
             last = [logits[0, 0], logits[1, 0]]
 
 
-ENGINE_VARIANTS = {  # the choices test_engine.py covers through COMPONENT_CHOICES, these through the numbers
+ENGINE_VARIANTS = {  # test_engine.py covers the named choices (COMPONENT_CHOICES); these add the numbers and mixes
     "grouped-query": dict(n_kv_head=2), "multi-query": dict(n_kv_head=1), "qk-norm": dict(qk_norm=True),
     "window": dict(attention_window=5), "gqa-rope-window": dict(n_kv_head=2, position="rope", attention_window=6),
     "alibi-window": dict(position="alibi", attention_window=6), "mqa-alibi-qk-norm": dict(n_kv_head=1, position="alibi", qk_norm=True),
+    "alibi": dict(position="alibi"), "no-positions": dict(position="none"), "parallel": dict(block="parallel"),
 }
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("variant", list(ENGINE_VARIANTS))
-def test_the_engine_batches_every_attention_variant_as_if_each_row_were_alone(variant):
+def test_the_engine_batches_every_variant_as_if_each_row_were_alone(variant, static):
     """Three prompts of different lengths in one continuous batch, 40 tokens each, past the context of 16
-    (windows restart): every row's tokens are those of recomputing its window from scratch."""
+    (windows restart): every row's tokens are those of recomputing its window from scratch; also through
+    the static decode step (every slot, positions from a device buffer: what CUDA graphs capture)."""
     from gptkit.engine import Engine, SamplingParams
     from gptkit.tokenizers import CharTokenizer
 
@@ -358,9 +361,23 @@ def test_the_engine_batches_every_attention_variant_as_if_each_row_were_alone(va
             p.mul_(4.0 if p.dim() > 1 else 1.0)
     prompts = [tokenizer.encode("the king"), tokenizer.encode("a"), tokenizer.encode("my lord, the")]
     params = SamplingParams(max_new_tokens=40, temperature=0.0, stop_at_eot=False)
-    completions = Engine(model, tokenizer, max_batch_size=3).generate(prompts, params)
+    completions = Engine(model, tokenizer, max_batch_size=3, static=static, compile=False).generate(prompts, params)
     for prompt, completion in zip(prompts, completions):
         assert completion.token_ids == recomputed_greedy(model, prompt, 40)
+
+
+def test_the_static_decode_step_of_every_attention_option_traces_as_one_graph():
+    """torch.compile(fullgraph=True) of the static step (the 'eager' backend: the capture, no kernels) with
+    grouped-query heads, QK-norm, a window and ALiBi's bias together: no graph break, the same tokens."""
+    from gptkit.engine import Engine, SamplingParams
+    from gptkit.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,\n")
+    model = tiny(vocab_size=tokenizer.vocab_size, position="alibi", n_kv_head=2, qk_norm=True, attention_window=6)
+    prompts, params = [tokenizer.encode("the king"), tokenizer.encode("ab")], SamplingParams(max_new_tokens=6, temperature=0.0)
+    want = [c.token_ids for c in Engine(model, tokenizer, max_batch_size=2).generate(prompts, params)]
+    engine = Engine(model, tokenizer, max_batch_size=2, static=True, compile="eager")
+    assert [c.token_ids for c in engine.generate(prompts, params)] == want
 
 
 def test_lora_targets_the_right_rows_of_a_grouped_qkv():
