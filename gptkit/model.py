@@ -99,7 +99,8 @@ def shapes_only():
 
 def build(kind: str, config: ModelConfig, *args) -> nn.Module:
     """The component of `kind` that `config` names, e.g. build("norm", config) -> LayerNorm(config);
-    `args` go to its constructor after the config (a block's layer index)."""
+    `args` go to its constructor after the config (a block's layer index and the position module its
+    attention uses)."""
     return COMPONENTS[kind][getattr(config, kind)](config, *args)
 
 
