@@ -124,9 +124,10 @@ def test_without_gptkit_json_a_bias_free_gpt2_keeps_its_zero_biases(tmp_path):
 # A real transformers Llama
 
 
-@pytest.fixture(scope="module")
-def hf_llama(tmp_path_factory):
-    """A random LlamaForCausalLM (untied, 64 wide, 4 heads) saved by save_pretrained, with a byte-level BPE."""
+@pytest.fixture(scope="module", params=[4, 2], ids=["multi-head", "grouped-query"])
+def hf_llama(tmp_path_factory, request):
+    """A random LlamaForCausalLM (untied, 64 wide, 4 query heads; 4 or 2 key/value heads) saved by
+    save_pretrained, with a byte-level BPE."""
     from test_hf_import import train_bpe
 
     from gptkit.hf_llama import swiglu_hidden
@@ -136,7 +137,7 @@ def hf_llama(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=swiglu_hidden(64), num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=request.param, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
     )
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():  # spread the weights (init std 0.02 leaves every logit near 0)
@@ -152,6 +153,7 @@ def test_a_transformers_llama_folder_comes_in_with_its_logits(hf_llama, tmp_path
     assert result.code == 0, result.stderr
     ckpt = load_checkpoint(tmp_path / "back" / "ckpt.safetensors")
     assert (ckpt.model_config.position, ckpt.model_config.mlp, ckpt.model_config.tie_embeddings) == ("rope", "swiglu", False)
+    assert ckpt.model_config.kv_heads == hf_model.config.num_key_value_heads
     text = "The quick brown fox. Ação e coração 🙂 東京\r\n"
     ids = torch.tensor([tok.encode(text).ids * 3])[:, :60]
     with torch.no_grad():
@@ -175,7 +177,7 @@ def _set_rope(config: dict, theta=None, scaling=None) -> None:
 @pytest.mark.parametrize(
     "change, words",
     [
-        (lambda c: c.update(num_key_value_heads=2), "grouped-query attention (num_key_value_heads 2 < num_attention_heads 4)"),
+        (lambda c: c.update(num_key_value_heads=3), "num_key_value_heads 3 (it must divide num_attention_heads 4)"),
         (lambda c: c.update(head_dim=32), "head_dim 32"),
         (lambda c: _set_rope(c, scaling="linear"), "rope scaling (linear)"),
         (lambda c: _set_rope(c, theta=500000.0), "rope_theta 500000"),

@@ -114,3 +114,10 @@ def test_ctrl_c_ends_the_line_and_says_what_stopped(tiny_run, tmp_path):
     assert process.returncode == 130, err
     assert first.startswith("The ") and out.endswith("\n")
     assert "Interrupted: sample 1 of 2 stopped after" in err and "new tokens" in err and "Traceback" not in err
+
+
+def test_stop_understands_newline_and_tab_escapes():
+    from gptkit.cli.sample import _unescape
+
+    assert _unescape(r"\n\n") == "\n\n" and _unescape(r"a\tb") == "a\tb"
+    assert _unescape(r"\\n") == "\\n" and _unescape(r"\x") == "\\x"  # an escaped backslash, an unknown escape
