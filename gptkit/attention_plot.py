@@ -36,6 +36,9 @@ def _label(token: str) -> str:
 def plot_layer(weights, tokens: list[str], layer: int, png: str | Path) -> Path:
     """weights (n_head, T, T) of one layer -> a PNG with one panel per head."""
     Figure = _figure_class()
+    import matplotlib
+    import numpy as np
+
     n_head, T = weights.shape[0], weights.shape[-1]
     cols = math.ceil(math.sqrt(n_head))
     rows = math.ceil(n_head / cols)
@@ -44,12 +47,17 @@ def plot_layer(weights, tokens: list[str], layer: int, png: str | Path) -> Path:
     step = max(1, math.ceil(T / MAX_LABELS))
     ticks = list(range(0, T, step))
     labels = [_label(tokens[i]) for i in ticks]
+    fontsize = 8 if len(ticks) <= 24 else 6
+    colormap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     for head in range(n_head):
         axes = figure.add_subplot(rows, cols, head + 1)
-        axes.imshow(weights[head].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        grid = weights[head].float().numpy().copy()
+        future = np.triu(np.ones_like(grid, dtype=bool), 1) & (grid == 0)
+        grid[future] = np.nan  # the keys the causal mask hides: drawn blank, not as "no attention"
+        axes.imshow(grid, cmap=colormap, vmin=0.0, vmax=1.0, interpolation="nearest")
         axes.set_title(f"head {head}", fontsize=9)
-        axes.set_xticks(ticks, labels, rotation=90, fontsize=6)
-        axes.set_yticks(ticks, labels, fontsize=6)
+        axes.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
+        axes.set_yticks(ticks, labels, fontsize=fontsize)
         axes.set_xlabel("key (attended to)", fontsize=7)
         axes.set_ylabel("query", fontsize=7)
     figure.suptitle(f"layer {layer}: attention weights (row = query, each sums to 1)", fontsize=10)

@@ -50,6 +50,10 @@ def inspect_command(
     """What a model is made of and what it costs: parameters per component, FLOPs per token, KV-cache
     bytes, and the memory of a training step (weights, gradients, optimizer state, activations), from a
     checkpoint or from a preset/config without one. With a text: attention maps or next-token guesses."""
+    if measure:  # kineto (torch.profiler's backend) prints a start and a stop line unless told otherwise
+        import os
+
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     from gptkit import inspect_model
 
     modes = [name for name, given in (("--compare", compare), ("--attention", attention), ("--next-token", next_token)) if given]
