@@ -220,18 +220,14 @@ def _render_next_tokens(rows: list[dict], out: Console) -> None:
 def _render_attention(weights, tokens: list[str], layer: int, head: int, out: Console) -> None:
     from rich.markup import escape
 
-    table = Table(title=f"layer {layer}, head {head}: row = query, column = key (x100)", title_justify="left",
-                  show_lines=False, pad_edge=False)
-    table.add_column("")
-    for t in tokens:
-        table.add_column(escape(_show(t)), justify="right", no_wrap=True)
+    labels = [_show(t) for t in tokens]
+    left = max(len(t) for t in labels) + 1
+    # Plain lines rather than a Table: one row per line however long the text (a table would shrink columns).
+    out.print(f"layer {layer}, head {head}: row = query, column = key, weights x100", highlight=False)
+    out.print(" " * left + "".join(escape(f"{t:>5}") for t in labels), highlight=False, soft_wrap=True)
     for i, row in enumerate(weights.tolist()):
         cells = []
-        for j, w in enumerate(row):
-            if j > i:
-                cells.append("")
-                continue
-            level = int(40 + 215 * w)  # darker = less attention
-            cells.append(f"[on rgb({level // 3},{level // 2},{level})]{round(100 * w):>3}[/]")
-        table.add_row(escape(_show(tokens[i])), *cells)
-    out.print(table, highlight=False)
+        for w in row[: i + 1]:  # keys after the query are masked: nothing to show
+            level = int(40 + 215 * w)  # brighter = more attention
+            cells.append(f"[on rgb({level // 3},{level // 2},{level})]{round(100 * w):>5}[/]")
+        out.print(escape(f"{labels[i]:<{left}}") + "".join(cells), highlight=False, soft_wrap=True)
