@@ -82,6 +82,20 @@ def test_memory_estimate_is_within_25_percent_of_a_measured_step(model, batch, d
     assert estimate.activation_bytes_by_component["mlp"] > 0 and estimate.activation_bytes_by_component["attention"] > 0
 
 
+def test_saved_activations_of_the_gpt2_block_follow_its_formula():
+    """docs/inspect.md's count for the GPT-2 block in float32, per token: each block saves its two norms'
+    inputs (C) with their mean and 1/std (2), the two norm outputs (C each: the inputs of qkv and fc), the
+    qkv output (3C: q, k and v are views of it), attention's output (C) and log-sum-exp (H), the GELU's
+    input and output (4C each); then the final norm (C + 2), its output (C) and the log-softmax (V), and
+    the ids (int64)."""
+    c = ModelConfig(vocab_size=65, block_size=32, n_layer=3, n_head=4, n_embd=32)
+    B, T, L, C, H, V = 2, 32, c.n_layer, c.n_embd, c.n_head, c.vocab_size
+    estimate = estimate_training_memory(c, B, T)
+    floats = B * T * (L * (16 * C + H + 4) + 2 * C + 2 + V) + 1  # + the loss itself
+    ids = 8 * B * T * 2 + 8 * T  # the input ids and the targets (B, T), the learned table's position ids (T,): int64
+    assert estimate.activation_bytes == 4 * floats + ids
+
+
 def test_activations_grow_with_the_batch_and_the_estimate_refuses_a_context_past_the_model():
     config = ModelConfig(vocab_size=65, block_size=32, n_layer=1, n_head=2, n_embd=32)
     small, large = (estimate_training_memory(config, b, 32) for b in (2, 8))
