@@ -201,21 +201,21 @@ def summarize(
     return summary
 
 
-COMPARED = (  # (label, path into a summary)
-    ("parameters", ("parameters", "total")),
-    ("  embeddings", ("parameters", "by_component", "embeddings")),
-    ("  attention", ("parameters", "by_component", "attention")),
-    ("  mlp", ("parameters", "by_component", "mlp")),
-    ("  norms", ("parameters", "by_component", "norms")),
-    ("  output", ("parameters", "by_component", "output")),
-    ("forward FLOPs/token", ("flops_per_token", "forward")),
-    ("training FLOPs/token", ("flops_per_token", "training")),
-    ("KV cache bytes/token", ("kv_cache", "bytes_per_token")),
-    ("train step peak bytes", ("memory", "peak_bytes")),
-    ("  activations", ("memory", "activation_bytes")),
-    ("  optimizer state", ("memory", "optimizer_bytes")),
-    ("step", ("step",)),
-    ("val loss", ("val_loss",)),
+COMPARED = (  # (label, path into a summary, unit)
+    ("parameters", ("parameters", "total"), "count"),
+    ("  embeddings", ("parameters", "by_component", "embeddings"), "count"),
+    ("  attention", ("parameters", "by_component", "attention"), "count"),
+    ("  mlp", ("parameters", "by_component", "mlp"), "count"),
+    ("  norms", ("parameters", "by_component", "norms"), "count"),
+    ("  output", ("parameters", "by_component", "output"), "count"),
+    ("forward FLOPs/token", ("flops_per_token", "forward"), "count"),
+    ("training FLOPs/token", ("flops_per_token", "training"), "count"),
+    ("KV cache/token", ("kv_cache", "bytes_per_token"), "bytes"),
+    ("train step peak", ("memory", "peak_bytes"), "bytes"),
+    ("  activations", ("memory", "activation_bytes"), "bytes"),
+    ("  optimizer state", ("memory", "optimizer_bytes"), "bytes"),
+    ("step", ("step",), "count"),
+    ("val loss", ("val_loss",), "count"),
 )
 
 
@@ -230,8 +230,8 @@ def compare(a: dict, b: dict) -> dict:
     unknown, e.g. the val loss of a preset) and b's ratio to a."""
     differences = {k: [v, b["config"].get(k)] for k, v in a["config"].items() if b["config"].get(k) != v}
     rows = []
-    for label, path in COMPARED:
+    for label, path, unit in COMPARED:
         x, y = _at(a, path), _at(b, path)
         ratio = y / x if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else None
-        rows.append({"name": label.strip(), "label": label, "a": x, "b": y, "ratio": ratio})
+        rows.append({"name": label.strip(), "label": label, "unit": unit, "a": x, "b": y, "ratio": ratio})
     return {"a": a["source"], "b": b["source"], "config_differences": differences, "rows": rows}

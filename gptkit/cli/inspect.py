@@ -50,10 +50,6 @@ def inspect_command(
     """What a model is made of and what it costs: parameters per component, FLOPs per token, KV-cache
     bytes, and the memory of a training step (weights, gradients, optimizer state, activations), from a
     checkpoint or from a preset/config without one. With a text: attention maps or next-token guesses."""
-    if measure:  # kineto (torch.profiler's backend) prints a start and a stop line unless told otherwise
-        import os
-
-        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     from gptkit import inspect_model
 
     modes = [name for name, given in (("--compare", compare), ("--attention", attention), ("--next-token", next_token)) if given]
@@ -197,7 +193,7 @@ def _render_compare(r: dict, out: Console) -> None:
     for column in (r["a"], r["b"], "b / a"):
         table.add_column(column, justify="right")
     for row in r["rows"]:
-        fmt = _size if "bytes" in row["label"] or row["name"] in ("activations", "optimizer state") else _count
+        fmt = _size if row["unit"] == "bytes" else _count
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         table.add_row(row["label"], fmt(row["a"]), fmt(row["b"]), ratio)
     out.print(table)
