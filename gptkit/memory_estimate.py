@@ -36,8 +36,8 @@ the running total drifts between profiling sessions; the baseline is taken insid
 
 from __future__ import annotations
 
-import gc
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -193,39 +193,33 @@ def _check(config: ModelConfig, batch_size: int, block_size: int | None, dtype: 
     return block_size
 
 
-def _training_step(config: ModelConfig, batch_size: int, block_size: int, dtype: str, optimizer: str, steps: int, on_model=None):
+def _training_steps(config: ModelConfig, batch_size: int, block_size: int, dtype: str, optimizer: str, steps: int = 2, record: bool = False):
     """What train_step does, on whatever tensors the surrounding mode makes: build the model and its
-    optimizer, then `steps` x (autocast forward, backward, clip, optimizer step, zero_grad)."""
+    optimizer, then `steps` x (autocast forward, backward, clip, optimizer step, zero_grad). Two steps:
+    the optimizer creates its state in the first, so the second is the steady state. Returns the model,
+    the optimizer and (record=True) the first forward pass's SavedActivations."""
     from gptkit.optim import make_optimizer
 
     torch.manual_seed(0)
     model = GPT(config).train()
-    cpu = torch.device("cpu")
-    opt = make_optimizer(model, replace(TrainConfig(), optimizer=optimizer), cpu)
+    opt = make_optimizer(model, replace(TrainConfig(), optimizer=optimizer), torch.device("cpu"))
     autocast = torch.autocast("cpu", dtype=DTYPES[dtype], enabled=dtype != "float32")
-    results = {}
+    saved = SavedActivations(model) if record else None
     for step in range(steps):
         x = torch.randint(0, config.vocab_size, (batch_size, block_size))
         y = torch.randint(0, config.vocab_size, (batch_size, block_size))
-        saved = SavedActivations(model) if step == 0 and on_model is not None else None
-        if saved is not None:
-            with saved, autocast:
-                _, loss = model(x, y)
-        else:
-            with autocast:
-                _, loss = model(x, y)
+        with saved if saved is not None and step == 0 else nullcontext(), autocast:
+            _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         del x, y, loss
-        if saved is not None:
-            results["activations"] = dict(saved.by_component)
-    if on_model is not None:
-        on_model(model, opt, results)
+    return model, opt, saved
 
 
 def _bytes(tensors) -> int:
+    """The bytes of the storages under `tensors`, each storage once."""
     return sum(t.untyped_storage().nbytes() for t in {t.untyped_storage()._cdata: t for t in tensors}.values())
 
 
@@ -237,24 +231,19 @@ def estimate_training_memory(
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     block_size = _check(config, batch_size, block_size, dtype, optimizer)
-    found: dict = {}
-
-    def on_model(model, opt, results):
-        params = [p for p in model.parameters()]
-        found["weights"] = _bytes(params)
-        found["gradients"] = _bytes([p for p in params if p.requires_grad])  # as many as there are trainable weights
-        state = [v for s in _optimizer_states(opt) for v in s.values() if isinstance(v, torch.Tensor)]
-        found["optimizer"] = _bytes(state)
-        found["activations"] = results["activations"]
-
     live = LiveBytes()
     with FakeTensorMode(), live:
-        _training_step(config, batch_size, block_size, dtype, optimizer, steps=2, on_model=on_model)
-    gc.collect()
-    activations = found["activations"]
+        model, opt, saved = _training_steps(config, batch_size, block_size, dtype, optimizer, record=True)
+    params = list(model.parameters())
+    state = [v for s in _optimizer_states(opt) for v in s.values() if isinstance(v, torch.Tensor)]
     return MemoryEstimate(
-        batch_size, block_size, dtype, optimizer, found["weights"], found["gradients"], found["optimizer"],
-        sum(activations.values()), activations, live.peak,
+        batch_size, block_size, dtype, optimizer,
+        weights_bytes=_bytes(params),
+        gradients_bytes=_bytes([p for p in params if p.requires_grad]),  # a gradient per trainable weight, its dtype
+        optimizer_bytes=_bytes(state),
+        activation_bytes=sum(saved.by_component.values()),
+        activation_bytes_by_component=dict(saved.by_component),
+        peak_bytes=live.peak,
     )
 
 
@@ -273,7 +262,7 @@ def measure_training_memory(
 
     block_size = _check(config, batch_size, block_size, dtype, optimizer)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _training_step(config, batch_size, block_size, dtype, optimizer, steps=2)
+        _training_steps(config, batch_size, block_size, dtype, optimizer)
     allocations = []
     events = list(prof.profiler.kineto_results.experimental_event_tree())
     while events:
