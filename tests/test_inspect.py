@@ -206,6 +206,12 @@ def test_compare_two_models(run_cli, tiny_run, tmp_path):
     rows = {row["name"]: row for row in r["rows"]}
     assert rows["parameters"]["b"] > rows["parameters"]["a"] and rows["val loss"]["b"] is None
     assert run_cli("inspect", "--compare", str(tiny_run.out), str(wide), "--no-memory").code == 0
+    alone = json.loads(run_cli("inspect", "--config", str(wide), "--no-memory", "--json").stdout)
+    assert alone["config"]["n_embd"] == 64 and alone["vocab_source"] == str(wide) and alone["parameters"]["total"] == rows["parameters"]["b"]
+    both = run_cli("inspect", "--ckpt", str(tiny_run.out), "--preset", "gpt2-124m")
+    assert both.code == 2 and "not both" in both.stderr
+    nothing = run_cli("inspect")
+    assert nothing.code == 2 and "--preset NAME" in nothing.stderr
     bad = run_cli("inspect", "--compare", str(tiny_run.out), "no-such-thing")
     assert bad.code == 2 and "neither a checkpoint" in bad.stderr
 
