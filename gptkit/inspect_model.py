@@ -133,12 +133,12 @@ def shapes_model(config: ModelConfig):
 
 
 def parameter_counts(model) -> dict:
-    """Parameters per component (memory_estimate.COMPONENTS), read from the module holding each tensor,
+    """Parameters per component (memory_estimate.MODEL_PARTS), read from the module holding each tensor,
     and each tensor's row: name, shape, component. A tied output layer is the token embedding."""
-    from gptkit.memory_estimate import COMPONENTS, component_of
+    from gptkit.memory_estimate import MODEL_PARTS, component_of
 
     owners = dict(model.named_modules())
-    by_component = {name: 0 for name in COMPONENTS}
+    by_component = {name: 0 for name in MODEL_PARTS}
     tensors = []
     for name, p in model.named_parameters():  # a shared tensor (tied weights) is listed once
         module_path = name.rpartition(".")[0]

@@ -50,7 +50,8 @@ from gptkit.devices import DTYPES
 from gptkit.errors import UsageError
 from gptkit.model import GPT
 
-COMPONENTS = ("embeddings", "attention", "mlp", "norms", "output", "other")
+# The parts inspect counts a model by (not model.COMPONENTS, the table of swappable classes).
+MODEL_PARTS = ("embeddings", "attention", "mlp", "norms", "output", "other")
 
 
 def component_of(path: str, module: nn.Module | None = None) -> str:
@@ -140,7 +141,7 @@ class SavedActivations:
     activations and are left out; a storage is counted once however many views of it are saved."""
 
     def __init__(self, model: nn.Module):
-        self.by_component = {name: 0 for name in COMPONENTS}
+        self.by_component = {name: 0 for name in MODEL_PARTS}
         self._seen: set[int] = set()
         self._params = {p.untyped_storage()._cdata for p in model.parameters()}
         self._stack: list[str] = []
