@@ -9,7 +9,7 @@
 set -euo pipefail
 
 DATA=${DATA:-data/shakespeare}
-OUT=${OUT:-out/shakespeare}
+OUT=${OUT:-out}
 DEVICE=${DEVICE:-auto}
 
 data=$(gptkit prepare shakespeare --out "$DATA")                        # token shards + meta.json

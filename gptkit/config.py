@@ -143,8 +143,12 @@ class TrainConfig:
     grad_accum: int = option(1, "Micro-batches per optimizer step.", panel=OPTIM, resumable=True)
     learning_rate: float = option(1e-3, "Peak learning rate.", flags=("--learning-rate", "--lr"), panel=OPTIM)
     min_lr: float = option(1e-4, "Learning rate at the end of the decay (every schedule but constant).", panel=OPTIM)
-    warmup_iters: int = option(100, "Linear warmup steps from 0.", panel=OPTIM)
-    lr_decay_iters: int = option(0, "Length of the schedule's decay (0: max_iters).", panel=OPTIM)
+    warmup_iters: int = option(
+        100, "Linear warmup steps from 0 (a preset's warmup is at most a tenth of max_iters unless you set it).", panel=OPTIM
+    )
+    lr_decay_iters: int = option(
+        0, "Step at which the decay reaches min_lr (0: max_iters; with a preset it is max_iters unless you set it).", panel=OPTIM
+    )
     weight_decay: float = option(0.1, "AdamW weight decay, on tensors of 2+ dimensions (matrices, embeddings).", panel=OPTIM)
     beta1: float = option(0.9, "AdamW beta1.", panel=OPTIM)
     beta2: float = option(0.99, "AdamW beta2.", panel=OPTIM)
@@ -233,7 +237,7 @@ PRESETS: dict[str, Preset] = {
         "GPT-2 block reaches ~1.89; add --position learned --mlp gelu for that block",
         model=_CPU_MODEL,
         train=dict(
-            max_iters=2000, lr_decay_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
+            max_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
             warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=20, log_interval=10,
         ),
     ),
@@ -243,7 +247,7 @@ PRESETS: dict[str, Preset] = {
         "val loss in a quarter of the iterations (docs/performance.md)",
         model=_CPU_MODEL,
         train=dict(
-            optimizer="muon", max_iters=500, lr_decay_iters=500, batch_size=12, learning_rate=6e-3, min_lr=6e-4,
+            optimizer="muon", max_iters=500, batch_size=12, learning_rate=6e-3, min_lr=6e-4,
             warmup_iters=50, beta2=0.99, eval_interval=500, eval_iters=20, log_interval=50,
         ),
     ),
@@ -251,7 +255,7 @@ PRESETS: dict[str, Preset] = {
         "nanoGPT's GPU Shakespeare config: a 10.7M-parameter char model (val loss ~1.47 on one GPU)",
         model=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
         train=dict(
-            max_iters=5000, lr_decay_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
+            max_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
             warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10,
         ),
     ),
@@ -263,7 +267,7 @@ PRESETS: dict[str, Preset] = {
         # The char presets keep vocab_multiple = 1: padding 65 symbols to 128 would double their output layer.
         model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, vocab_multiple=64),
         train=dict(
-            max_iters=600_000, lr_decay_iters=600_000, batch_size=12, grad_accum=40, learning_rate=6e-4,
+            max_iters=600_000, batch_size=12, grad_accum=40, learning_rate=6e-4,
             min_lr=6e-5, warmup_iters=2000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
             eval_interval=1000, eval_iters=200, log_interval=10,
         ),
@@ -347,16 +351,37 @@ def resolve_config(
             raise UsageError(f"unknown preset {preset!r}", hint=f"presets: {', '.join(PRESETS)}")
         model = apply_settings(model, PRESETS[preset].model, f"preset {preset}")
         train = apply_settings(train, PRESETS[preset].train, f"preset {preset}")
+    stated = set(train_overrides or {})  # the user's own settings, not the preset's
     if config_file:
         data = load_toml(config_file)
         model = apply_settings(model, data.get("model", {}), str(config_file))
         train = apply_settings(train, data.get("train", {}), str(config_file))
+        stated |= set(data.get("train", {}))
     model = apply_settings(model, model_overrides or {}, "options")
     train = apply_settings(train, train_overrides or {}, "options")
+    if preset:
+        train = fit_schedule_to_run(train, stated)
     problems = config_problems(model, train)
     if check and problems:
         raise UsageError("invalid configuration: " + "; ".join(problems))
     return model, train
+
+
+# A preset's schedule follows the run's length, so `--preset X --max-iters 150` still warms up and
+# anneals: these settings come from max_iters unless the config file or the options set them.
+RUN_LENGTH_SETTINGS = ("warmup_iters", "lr_decay_iters")
+
+
+def fit_schedule_to_run(train: TrainConfig, stated: set[str]) -> TrainConfig:
+    """The rule, for a preset's run: the decay ends at max_iters (lr_decay_iters = max_iters), and the
+    warmup is the preset's but at most a tenth of the run (100 warmup steps of a 150-step run would leave
+    no time to anneal). A value the user states is kept as it is."""
+    changes = {}
+    if "lr_decay_iters" not in stated:
+        changes["lr_decay_iters"] = train.max_iters
+    if "warmup_iters" not in stated:
+        changes["warmup_iters"] = min(train.warmup_iters, train.max_iters // 10)
+    return replace(train, **changes)
 
 
 def config_problems(model: ModelConfig, train: TrainConfig) -> list[str]:

@@ -231,7 +231,7 @@ CASES = [
          setup=nan_loss_at(7), changes=lambda env: [env.tmp / "new"], check=stopped_run_kept_step_5),
     # eval
     Case("eval-missing-checkpoint", lambda env: ["eval", "--ckpt", env.tmp / "gone.safetensors", "--data", env.data], 1, ["gone.safetensors", "does not exist"]),
-    Case("eval-checkpoint-is-a-folder", lambda env: ["eval", "--ckpt", env.run, "--data", env.data], 1, ["is a folder"]),
+    Case("eval-checkpoint-is-a-folder", lambda env: ["eval", "--ckpt", env.data, "--data", env.data], 1, ["is a folder"]),  # a run folder is fine: its ckpt.safetensors
     Case("eval-resume-state-as-checkpoint", lambda env: ["eval", "--ckpt", step_paths(env.run, 30).state, "--data", env.data], 1, ["not a gptkit.checkpoint file"]),
     Case("eval-other-tokenizer", lambda env: EVAL(env) + ["--data", env.other], 1, ["was tokenized differently (char, 27 characters) from the model in", "ckpt.safetensors (char, 59 characters)"]),
     Case("eval-unknown-split", lambda env: EVAL(env, "--split", "test"), 1, ["data has no 'test' split"]),

@@ -20,7 +20,7 @@ from gptkit.errors import UsageError
     "  echo 'JULIET:' | gptkit sample --num-samples 3 --json",
 )
 def sample(
-    ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to sample from."),
+    ckpt: Path = typer.Option(Path("out"), "--ckpt", help="Checkpoint to sample from: a .safetensors file or a run folder (its ckpt.safetensors)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to continue."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
