@@ -131,7 +131,7 @@ class TrainConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.", panel=RUN, resumable=True)
     dtype: str = option("auto", "Autocast precision.", choices=("auto", "float32", "bfloat16", "float16"), panel=RUN, resumable=True)
     compile: str = option(
-        "auto", "torch.compile the model (auto: on for CUDA, off elsewhere; TOML: auto, true or false).",
+        "auto", "torch.compile the model: pays off on GPUs; on a CPU compiling takes about a minute and the steps are rarely faster (auto: on for CUDA, off elsewhere; TOML: auto, true or false).",
         choices=("auto", "true", "false"), flags=("--compile/--no-compile",), panel=RUN, resumable=True,
     )
     seed: int = option(1337, "Random seed (weights, batches, dropout).", panel=RUN)

@@ -126,3 +126,113 @@ def test_a_missing_checkpoint_names_the_run_folder_default(run_cli, tmp_path, mo
     error, hint = _one_error(r)
     assert r.code == 1 and "checkpoint out does not exist" in error and "gptkit train" in hint
     assert os.listdir(tmp_path) == []
+
+
+# --- training defaults: the schedule follows the run, the banner says what is trained -------------
+
+import tomllib  # noqa: E402  (Python 3.11+, as the project's own TOML reading)
+
+from conftest import TINY_TRAIN_ARGS  # noqa: E402
+
+
+def _printed_config(run_cli, *args) -> dict:
+    r = run_cli("train", *args, "--print-config")
+    assert r.code == 0, r.output
+    return tomllib.loads(r.stdout)
+
+
+def test_a_short_preset_run_decays_to_its_end_and_warms_up_a_tenth(run_cli, tmp_path):
+    from gptkit.config import PRESETS, TrainConfig
+    from gptkit.schedule import learning_rate_at
+
+    assert not any("lr_decay_iters" in p.train for p in PRESETS.values())  # presets no longer hard-code it
+    train = _printed_config(run_cli, "--preset", "shakespeare-char-cpu", "--max-iters", "150", "--out", tmp_path / "o")["train"]
+    assert train["lr_decay_iters"] == 150 and train["warmup_iters"] == 15
+    cfg = TrainConfig(**train)
+    assert learning_rate_at(149, cfg) < 1.01 * cfg.min_lr  # it anneals: the last step is at min_lr
+    full = _printed_config(run_cli, "--preset", "shakespeare-char-cpu", "--out", tmp_path / "o")["train"]
+    assert (full["lr_decay_iters"], full["warmup_iters"]) == (2000, 100)  # the preset's own run is unchanged
+
+
+def test_a_schedule_the_user_sets_is_kept(run_cli, tmp_path):
+    train = _printed_config(run_cli, "--preset", "shakespeare-char-cpu", "--max-iters", "150", "--lr-decay-iters", "2000",
+                            "--warmup-iters", "100", "--out", tmp_path / "o")["train"]
+    assert train["lr_decay_iters"] == 2000 and train["warmup_iters"] == 100
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nlr_decay_iters = 900\n")
+    train = _printed_config(run_cli, "--preset", "shakespeare-char-cpu", "--config", toml, "--max-iters", "150")["train"]
+    assert train["lr_decay_iters"] == 900 and train["warmup_iters"] == 15
+
+
+def test_print_config_says_the_vocabulary_comes_from_the_data(run_cli, tiny_data, tmp_path):
+    import json
+
+    vocab = json.loads((tiny_data / "meta.json").read_text())["vocab_size"]
+    r = run_cli("train", "--data", tiny_data, "--print-config")
+    assert f"vocab_size = {vocab}  # set from the data ({tiny_data / 'meta.json'})" in r.stdout.splitlines()
+    assert tomllib.loads(r.stdout)["model"]["vocab_size"] == vocab
+    r = run_cli("train", "--data", tmp_path / "not-yet", "--print-config")
+    line = next(line for line in r.stdout.splitlines() if line.startswith("vocab_size"))
+    assert "placeholder: set from the data's tokenizer when training starts" in line
+
+
+def test_the_start_banner_says_what_is_trained_and_the_end_labels_the_losses(run_cli, tiny_data, tmp_path):
+    out = tmp_path / "muon"
+    r = run_cli("train", *TINY_TRAIN_ARGS, "--data", tiny_data, "--out", out, "--max-iters", "4", "--eval-interval", "4",
+                "--optimizer", "muon", "--muon-lr", "0.02", "--warmup-iters", "1", "--min-lr", "3e-4")
+    assert r.code == 0, r.output
+    lines = r.stderr.splitlines()
+    model = next(line for line in lines if line.startswith("model: "))
+    assert "parameters (all trained)" in model and "2 layers x 2 heads, 32 wide, context 16" in model
+    optimizer = next(line for line in lines if line.startswith("optimizer: "))
+    assert "Muon lr 2.00e-02" in optimizer and "AdamW lr 3.00e-03" in optimizer
+    schedule = next(line for line in lines if line.startswith("schedule: "))
+    assert "cosine | warmup 1 steps | decay to min_lr 3.00e-04 at step 4 | 4 steps of 128 tokens (8 x 16 x grad_accum 1)" in schedule
+    done = next(line for line in lines if line.startswith("done: "))
+    assert "at the last evaluation, best" in done and "each on 2 batches" in done
+
+    again = run_cli("train", "--out", out, "--resume")
+    assert again.code == 0, again.output
+    assert "nothing to do: the run is already at step 4" in again.stderr
+    assert "ms/iter" not in again.stderr and "done:" not in again.stderr
+    assert again.stdout.strip() == str(out / "ckpt.safetensors")
+
+
+def test_compile_help_says_where_it_pays_off(run_cli):
+    import re
+
+    r = run_cli("train", "--help")
+    assert "pays off on GPUs" in " ".join(re.sub("[│╭╮╰╯─]", " ", r.stdout).split())
+
+
+@pytest.mark.parametrize("delay", [0.4, 1.0, 2.0, 3.0, "banner"])
+def test_ctrl_c_while_train_starts_leaves_no_empty_run_folder(delay, tiny_data, tmp_path):
+    """Ctrl-C at any moment of the start (imports, checks, building the model, the first steps):
+    exit 130 with a message, and the run folder is either gone or holds a saved step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT, subprocess_env
+    from gptkit.run_folder import saved_steps
+
+    out = tmp_path / "run"
+    args = ["train", *TINY_TRAIN_ARGS, "--data", tiny_data, "--out", out, "--max-iters", "100000", "--eval-interval", "50000"]
+    process = subprocess.Popen([sys.executable, "-m", "gptkit", *map(str, args)], cwd=REPO_ROOT, env=subprocess_env(),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if delay == "banner":
+        seen = ""
+        while "schedule:" not in seen:
+            line = process.stderr.readline()
+            assert line, "the process ended before its banner"
+            seen += line
+    else:
+        time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    # 130; or killed by the SIGINT itself (-2, which a shell reports as 130 too) when it lands while
+    # Python is still shutting down the interrupted start
+    assert process.returncode in (130, -signal.SIGINT), stderr
+    assert "Interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert not out.exists() or saved_steps(out), sorted(p.name for p in out.iterdir())

@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="gptkit", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == 130:  # Ctrl-C: the parser turns it into a silent exit code 130 (no command returns one)
+            err.print("Interrupted.")
     except typer.Exit as e:
         code = e.exit_code
+        if code == 130:  # the same, raised rather than returned
+            err.print("Interrupted.")
     except ParserError as e:  # bad usage found by the parser: exit code 2, one line like every error
         ctx = getattr(e, "ctx", None)
         if e.format_message():  # empty when the parser already printed the help (no arguments given)
