@@ -101,7 +101,7 @@ def read_header(path: str | Path, what: str = "checkpoint") -> Header:
             f.seek(0)
             prefix = f.read(9)
             if len(prefix) > 8 and prefix[8:9] != b"{":  # a safetensors header is JSON: a text file is no checkpoint
-                raise not_a_checkpoint(path, what, "not a safetensors file")
+                raise not_a_checkpoint(path, what, "it is not a readable safetensors file")
             prefix = prefix[:8]
             if len(prefix) < 8:
                 raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
@@ -141,7 +141,7 @@ def check_format(path: Path, metadata: dict[str, str], expected: str) -> None:
     """Refuse a file that is not an `expected` file, or one of a newer format version."""
     if metadata.get("format") != expected:
         what = "checkpoint" if expected == CHECKPOINT_FORMAT else "resume state"
-        raise not_a_checkpoint(path, what, f"a safetensors file but not a {expected} file: format {metadata.get('format')!r}")
+        raise not_a_checkpoint(path, what, f"it is a safetensors file but not a {expected} file: format {metadata.get('format')!r}")
     version = metadata.get("format_version", "")
     if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise GptkitError(

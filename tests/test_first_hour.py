@@ -114,7 +114,7 @@ def test_a_text_file_is_not_a_checkpoint_in_every_command(command, tiny_run, run
     r = run_cli(*_commands(text, tiny_run, tmp_path)[command])
     error, hint = _one_error(r)
     assert r.code == 1, r.output
-    assert error == f"Error: {text} is not a gptkit checkpoint (not a safetensors file)"
+    assert error == f"Error: {text} is not a gptkit checkpoint (it is not a readable safetensors file)"
     assert hint == f"Hint: {CHECKPOINT_HINT}"
     assert "Traceback" not in r.output
     assert not any((tmp_path / name).exists() for name in ("ft", "hf", "t", "c"))
@@ -236,3 +236,84 @@ def test_ctrl_c_while_train_starts_leaves_no_empty_run_folder(delay, tiny_data, 
     assert process.returncode in (130, -signal.SIGINT), stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr, stderr
     assert not out.exists() or saved_steps(out), sorted(p.name for p in out.iterdir())
+
+
+# --- help texts: plain metavars, never cut at 80 columns, brackets kept, defaults shown ----------
+
+COMMAND_PATHS = [
+    [], ["train"], ["eval"], ["sample"], ["finetune"], ["export"], ["report"], ["prepare"], ["prepare", "shakespeare"],
+    ["prepare", "text"], ["prepare", "verify"], ["prepare", "instructions"], ["prepare", "hf"], ["tokenize"],
+    ["tokenize", "train"], ["tokenize", "encode"], ["tokenize", "decode"], ["tokenize", "inspect"],
+]
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "gptkit" for p in COMMAND_PATHS])
+def test_help_at_80_columns_is_whole_and_plain(path, run_cli, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "80")
+    r = run_cli(*path, "--help")
+    assert r.code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "…" not in r.stdout  # a long word folds onto the next line instead of being cut
+    assert "<bool>" not in r.stdout and "list[" not in r.stdout and "<str>" not in r.stdout
+    usage = next(line for line in lines if "Usage:" in line)
+    assert not re.search(r"\{[a-z_]+\}", usage), usage  # PATHS..., not {paths}...
+
+
+def test_help_keeps_the_extras_names(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert "gptkit[tensorboard]" in run_cli("train", "--help").stdout
+    assert "gptkit[report]" in run_cli("report", "--help").stdout
+    assert "gptkit[hf]" in run_cli("train", "--help").stdout
+
+
+def _commands_of(command, prefix=()):
+    yield prefix, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands_of(sub, (*prefix, name))
+
+
+def test_every_option_with_a_default_shows_it(run_cli, monkeypatch):
+    """Each option whose default is a value (not None, an off flag or an empty repeatable option) has `[default: ...]` in its row."""
+    import re
+
+    import typer
+
+    from gptkit.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option row
+    missing = []
+    for path, command in _commands_of(typer.main.get_command(app)):
+        text = run_cli(*path, "--help").stdout
+        rows = {}
+        for line in text.splitlines():
+            found = re.match(r"^│\s*\*?\s*(--[\w-]+)", line)
+            if found:
+                rows[found.group(1)] = line
+        for param in command.params:
+            if param.param_type_name != "option" or param.default in (None, False, [], ()) or param.hidden or not param.opts:
+                continue
+            row = rows.get(param.opts[0])
+            if row is None or "[default:" not in row:
+                missing.append(f"{' '.join(path)} {param.opts[0]}")
+    assert not missing, missing
+
+
+# --- unknown commands and exit codes ------------------------------------------------------------
+
+
+def test_a_command_known_by_another_name_points_to_it(run_cli):
+    r = run_cli("generate", "--prompt", "x")
+    error, hint = _one_error(r)
+    assert r.code == 2 and error == "Error: No such command 'generate'. Did you mean 'sample'?"
+    r = run_cli("trian")
+    assert r.code == 2 and "Did you mean 'train'?" in _one_error(r)[0]  # the parser's close matches stay
+
+
+def test_a_usage_mistake_is_exit_code_2_whatever_else_is_wrong(run_cli, tmp_path):
+    r = run_cli("train", "--lr", "-1", "--data", tmp_path / "nowhere", "--out", tmp_path / "run")
+    error, _ = _one_error(r)
+    assert r.code == 2 and "learning_rate must be positive" in error and "nowhere does not exist" in error
+    assert not (tmp_path / "run").exists()

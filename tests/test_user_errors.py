@@ -203,7 +203,7 @@ CASES = [
     Case("train-invalid-hyperparameters", lambda env: TRAIN(env, "--max-iters", 0, "--learning-rate", -1, "--n-head", 3), 2,
          ["invalid configuration: ", "train.max_iters must be at least 1 (got 0)", "train.learning_rate must be positive (got -1.0)",
           "model.n_embd (32) must be divisible by model.n_head (3)"]),
-    Case("train-config-and-data-at-once", lambda env: TRAIN(env, "--max-iters", 0) + ["--data", env.tmp / "nowhere"], 1,
+    Case("train-config-and-data-at-once", lambda env: TRAIN(env, "--max-iters", 0) + ["--data", env.tmp / "nowhere"], 2,  # usage first (issue 14)
          ["2 problems", "max_iters", "nowhere"]),
     Case("train-bad-robustness-options", lambda env: TRAIN(env, "--on-bad-loss", "ignore", "--keep-checkpoints", 0), 2,
          ["on_bad_loss must be skip or stop", "keep_checkpoints must be at least 1"]),
