@@ -284,13 +284,21 @@ def _field_names(cls) -> set[str]:
 BOOL_OR_AUTO = {"compile"}
 
 
-def apply_settings(obj, values: dict, where: str):
-    """Return a copy of dataclass `obj` with `values` set, checking names and types; one UsageError
-    lists every unknown name and every wrong type."""
+TOML_TYPES_HINT = "in TOML numbers take no quotes (batch_size = 64), booleans are true or false, text is quoted (device = \"cpu\")"
+
+
+def did_you_mean(names, known) -> list[str]:
+    """'learning_rate (not learning_rat)' for each of `names` close to one of `known`, as the command line suggests."""
+    from difflib import get_close_matches
+
+    return [f"{match[0]} (not {name})" for name in names if (match := get_close_matches(name, sorted(known), n=1, cutoff=0.6))]
+
+
+def setting_problems(obj, values: dict) -> tuple[list[str], list[str], dict]:
+    """(unknown names, wrong types as sentences, the checked values) of `values` for dataclass `obj`."""
     names = _field_names(type(obj))
     unknown = sorted(set(values) - names)
-    problems = [f"unknown setting(s) {', '.join(unknown)}"] if unknown else []
-    checked = {}
+    problems, checked = [], {}
     for key, value in values.items():
         if key in unknown:
             continue
@@ -310,27 +318,54 @@ def apply_settings(obj, values: dict, where: str):
             expected = "bool" if key in BOOL_OR_AUTO else type(default).__name__
             problems.append(f"{key} should be a {expected}, got {value!r}")
         checked[key] = value
-    if problems:
-        raise UsageError(
-            f"{where}: {'; '.join(problems)}",
-            hint=f"known settings: {', '.join(sorted(names))}" if unknown else None,
-        )
+    return unknown, problems, checked
+
+
+def apply_settings(obj, values: dict, where: str):
+    """Return a copy of dataclass `obj` with `values` set, checking names and types; one UsageError
+    lists every unknown name and every wrong type."""
+    unknown, problems, checked = setting_problems(obj, values)
+    if unknown or problems:
+        names = _field_names(type(obj))
+        close = did_you_mean(unknown, names)
+        hints = ["did you mean " + ", ".join(close)] if close else []
+        hints += [f"known settings: {', '.join(sorted(names))}"] if unknown else [TOML_TYPES_HINT] if where.endswith(".toml") else []
+        listed = [f"unknown setting(s) {', '.join(unknown)}"] if unknown else []
+        raise UsageError(f"{where}: {'; '.join(listed + problems)}", hint="; ".join(hints) or None)
     return replace(obj, **checked)
 
 
-def load_toml(path: str | Path, tables: tuple[str, ...] = ("model", "train")) -> dict:
-    """A config file's tables; any other table is refused (a typo would otherwise be ignored)."""
+def load_toml(path: str | Path, tables: tuple[str, ...] = ("model", "train"), classes: dict[str, type] | None = None) -> dict:
+    """A config file's tables; any other table is refused (a typo would otherwise be ignored). With
+    `classes` ({table: config dataclass}) the settings are checked too: every unknown table, unknown
+    setting and wrong type of the file in one error, each unknown name with its closest known one."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
+        raise UsageError(f"config file {path} does not exist", hint="check the path; `gptkit train --print-config > my.toml` writes one to start from")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid TOML: {e}") from None
+        raise UsageError(f"{path} is not valid TOML: {e}", hint="see https://toml.io: `[train]` on its own line, then `name = value` lines") from None
+    known = " and ".join(f"[{t}]" for t in tables if t != "base")  # [base] is finetune.toml's record, not the user's
     extra = sorted(set(data) - set(tables))
-    if extra:
-        known = " and ".join(f"[{t}]" for t in tables if t != "base")  # [base] is finetune.toml's record, not the user's
-        raise UsageError(f"{path}: unknown table(s) {', '.join(extra)}", hint=f"a config has {known} tables")
+    problems = [f"unknown table(s) {', '.join(extra)}"] if extra else []
+    suggestions = did_you_mean([f"[{t}]" for t in extra], [f"[{t}]" for t in tables if t != "base"])
+    for table, cls in (classes or {}).items():
+        values = data.get(table, {})
+        if not isinstance(values, dict):
+            continue
+        unknown, wrong, _ = setting_problems(cls(), values)
+        if unknown:
+            problems.append(f"unknown setting(s) {', '.join(unknown)} in [{table}]")
+            home = {name: t for t, c in classes.items() if t != table for name in _field_names(c)}
+            suggestions += did_you_mean([n for n in unknown if n not in home], _field_names(cls))
+            suggestions += [f"{name} in [{home[name]}] (not [{table}])" for name in unknown if name in home]
+        problems += wrong
+    if problems:
+        hints = (["did you mean " + ", ".join(suggestions)] if suggestions else []) + ([f"a config has {known} tables"] if extra else [])
+        if any("should be a" in p for p in problems):
+            hints.append(TOML_TYPES_HINT)
+        raise UsageError(f"{path}: {'; '.join(problems)}", hint="; ".join(hints) or None)
     return data
 
 
@@ -353,7 +388,7 @@ def resolve_config(
         train = apply_settings(train, PRESETS[preset].train, f"preset {preset}")
     stated = set(train_overrides or {})  # the user's own settings, not the preset's
     if config_file:
-        data = load_toml(config_file)
+        data = load_toml(config_file, classes={"model": ModelConfig, "train": TrainConfig})  # every problem at once
         model = apply_settings(model, data.get("model", {}), str(config_file))
         train = apply_settings(train, data.get("train", {}), str(config_file))
         stated |= set(data.get("train", {}))

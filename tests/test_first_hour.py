@@ -317,3 +317,102 @@ def test_a_usage_mistake_is_exit_code_2_whatever_else_is_wrong(run_cli, tmp_path
     error, _ = _one_error(r)
     assert r.code == 2 and "learning_rate must be positive" in error and "nowhere does not exist" in error
     assert not (tmp_path / "run").exists()
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+def test_a_toml_file_reports_every_unknown_table_and_key_at_once(run_cli, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[modle]\nn_layer = 2\n[train]\nlearning_rat = 1e-3\nn_embd = 64\nbatch_size = "big"\n')
+    r = run_cli("train", "--config", toml)
+    error, hint = _one_error(r)
+    assert r.code == 2
+    assert "unknown table(s) modle" in error and "unknown setting(s) learning_rat, n_embd in [train]" in error
+    assert "batch_size should be a int, got 'big'" in error
+    assert "[model] (not [modle])" in hint and "learning_rate (not learning_rat)" in hint and "n_embd in [model] (not [train])" in hint
+    assert "numbers take no quotes" in hint
+
+
+def test_a_bad_type_in_toml_has_a_hint(run_cli, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[train]\nmax_iters = "100"\n')
+    error, hint = _one_error(run_cli("train", "--config", toml))
+    assert "max_iters should be a int, got '100'" in error and "numbers take no quotes" in hint
+
+
+def test_a_missing_input_file_and_an_empty_text_have_hints(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    error, hint = _one_error(run_cli("prepare", "text", "nope.txt", "--out", "d"))
+    assert error == "Error: nope.txt does not exist" and f"current folder, {tmp_path}" in hint
+    (tmp_path / "e.txt").write_text("")
+    error, hint = _one_error(run_cli("prepare", "text", "e.txt", "--out", "d"))
+    assert "the input text is empty" in error and "holds no characters" in hint
+
+
+def test_a_bad_shakespeare_variable_is_named(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTKIT_SHAKESPEARE", str(tmp_path / "nope.txt"))
+    r = run_cli("prepare", "shakespeare", "--out", tmp_path / "d")
+    error, hint = _one_error(r)
+    assert r.code == 1 and error == f"Error: GPTKIT_SHAKESPEARE={tmp_path / 'nope.txt'}: no such file"
+    assert "unset it" in hint
+
+
+def test_tokenize_train_says_why_it_gives_fewer_ids(run_cli, tmp_path):
+    text = tmp_path / "small.txt"
+    text.write_text("to be or not to be, that is the question\n" * 20)
+    r = run_cli("tokenize", "train", "--kind", "bpe", "--vocab-size", "4096", text, "--out", tmp_path / "tok")
+    assert r.code == 0, r.output
+    warning = next(line for line in r.stderr.splitlines() if line.startswith("warning:"))
+    assert "asked for 4,096 ids, got" in warning and "ran out of pairs to merge" in warning
+
+
+def test_the_sentencepiece_error_names_only_gptkit_options(run_cli, tmp_path):
+    pytest.importorskip("sentencepiece")
+    text = tmp_path / "chars.txt"
+    text.write_text("".join(chr(c) for c in range(0x4E00, 0x4E00 + 300)) * 3 + "\n")
+    r = run_cli("tokenize", "train", "--kind", "sp-unigram", "--vocab-size", "50", text, "--out", tmp_path / "tok")
+    error, hint = _one_error(r)
+    assert r.code == 1 and "character_coverage" not in r.stderr
+    assert "give --vocab-size at least" in hint
+
+
+def test_the_offline_tiktoken_error_is_whole_and_its_hint_fits_every_command(monkeypatch):
+    tiktoken = pytest.importorskip("tiktoken")
+    from gptkit.errors import GptkitError
+    from gptkit.tokenizers.pretrained import load_tiktoken_encoding
+
+    long_reason = ("HTTPSConnectionPool(host='openaipublic.blob.core.windows.net', port=443): Max retries exceeded with url: "
+                   "/encodings/gpt2.tiktoken (Caused by NameResolutionError(\"Failed to resolve host\"))")
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: (_ for _ in ()).throw(ConnectionError(long_reason)))
+    with pytest.raises(GptkitError) as info:
+        load_tiktoken_encoding("gpt2")
+    words = info.value.message.split("(ConnectionError: ")[1][:-1].split()
+    assert words[-1] == "..." and all(word in long_reason.split() for word in words[:-1])  # cut between words, never inside one
+    assert "--tokenizer char" not in info.value.hint and "TIKTOKEN_CACHE_DIR" in info.value.hint
+
+
+def test_a_decode_error_shows_the_line_as_text(run_cli, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abc abc abc\n" * 10)
+    assert run_cli("tokenize", "train", "--kind", "char", text, "--out", tmp_path / "tok").code == 0
+    (tmp_path / "ids.txt").write_text("abc\n")
+    r = run_cli("tokenize", "decode", "--tokenizer", tmp_path / "tok", tmp_path / "ids.txt")
+    error, _ = _one_error(r)
+    assert "b'" not in error and "“abc”" in error
+
+
+def test_report_draws_beside_the_run_not_in_the_current_folder(tiny_run, run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import shutil
+
+    run = tmp_path / "runs" / "a"
+    shutil.copytree(tiny_run.out, run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = run_cli("report", run, "--json")
+    assert r.code == 0, r.output
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(elsewhere.iterdir()) == []
+    assert f"loss curves: {run / 'loss.png'}" in r.stderr
