@@ -416,3 +416,32 @@ def test_report_draws_beside_the_run_not_in_the_current_folder(tiny_run, run_cli
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert list(elsewhere.iterdir()) == []
     assert f"loss curves: {run / 'loss.png'}" in r.stderr
+
+
+# --- start-up: commands that need no torch do not import it ----------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--help"], ["tokenize", "--help"], ["train", "--help"], ["report", "{run}", "--no-plot"],
+                                  ["tokenize", "encode", "--tokenizer", "{run}", "{text}"]],
+                         ids=["help", "tokenize-help", "train-help", "report", "tokenize-encode"])
+def test_commands_that_need_no_torch_do_not_import_it(args, tiny_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    text = tmp_path / "t.txt"
+    text.write_text("a\n")  # a character of the tiny corpus
+    argv = [a.format(run=tiny_run.out, text=text) for a in args]
+    probe = (
+        "import sys, json, runpy\n"
+        f"sys.argv = ['gptkit', *{argv!r}]\n"
+        "try:\n    runpy.run_module('gptkit', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'matplotlib': 'matplotlib' in sys.modules}), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    result = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert result["code"] in (0, None), proc.stderr
+    assert not result["torch"] and not result["matplotlib"]

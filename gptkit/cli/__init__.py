@@ -22,7 +22,7 @@ import typer
 
 from gptkit.cli import data, eval, export, finetune, prepare, report, sample, tokenize, train  # noqa: F401  (each registers its commands)
 from gptkit.cli.app import app
-from gptkit.cli.help_format import fold_long_words, humanize
+from gptkit.cli.help_format import humanize, install as install_help_format
 from gptkit.cli.train import PRESET_NAMES
 from gptkit.console import err
 from gptkit.errors import GptkitError, UsageError
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its code; library errors become one `Error:` line."""
     debug = os.environ.get("GPTKIT_DEBUG", "") not in ("", "0")
     try:
-        fold_long_words()
+        install_help_format()
         result = humanize(typer.main.get_command(app)).main(args=argv, prog_name="gptkit", standalone_mode=False)
         code = result if isinstance(result, int) else 0
         if code == 130:  # Ctrl-C: the parser turns it into a silent exit code 130 (no command returns one)

@@ -10,7 +10,8 @@ typer draws the help with Rich, and three of its habits trip a newcomer:
                          ->  cells fold long words onto the next line instead
 
 `humanize(command)` fixes the first two on the click command tree that typer builds from the app; the
-third is a setting of the cells typer draws (`fold_long_words()`, once per process).
+third is a setting of the cells typer draws (`fold_long_words()`). `install()` makes that happen the
+first time a help is drawn, so a command that draws none never imports typer's Rich layer (~0.2 s).
 """
 
 from __future__ import annotations
@@ -122,3 +123,20 @@ def fold_long_words() -> None:
 
         core.TyperOption.display_type_rich = flag_type
     rich_utils._gptkit_folds = True
+
+
+def install() -> None:
+    """Apply fold_long_words() when the first help is drawn (cheap to call: it only wraps two methods)."""
+    from typer import core
+
+    for cls in (core.TyperCommand, core.TyperGroup):
+        original = cls.format_help
+        if getattr(original, "_gptkit", False):
+            continue
+
+        def format_help(self, ctx, formatter, _original=original):
+            fold_long_words()
+            return _original(self, ctx, formatter)
+
+        format_help._gptkit = True
+        cls.format_help = format_help
