@@ -72,14 +72,14 @@ def checkpoint_file(path: str | Path) -> Path:
     if path.is_dir():
         if (path / CKPT_NAME).is_file():
             return path / CKPT_NAME
-        raise GptkitError(f"checkpoint {path} is a folder without {CKPT_NAME}", hint=f"pass a run folder of `gptkit train` or a .safetensors file; {CHECKPOINT_HINT}")
+        raise GptkitError(f"checkpoint {path} is a folder without {CKPT_NAME}", hint=f"pass the file, e.g. {path / CKPT_NAME}")
     return path
 
 
 def not_a_checkpoint(path: Path, what: str = "checkpoint", detail: str = "") -> GptkitError:
     """The one error for a file that is no checkpoint at all (a text file, a resume state, a stranger's
     safetensors file): said the same way by every command that reads one."""
-    detail = f" ({detail})" if detail else ""
+    detail = f": {detail}" if detail else ""
     return GptkitError(f"{path} is not a gptkit {what}{detail}", hint=CHECKPOINT_HINT if what == "checkpoint" else None)
 
 
@@ -141,7 +141,7 @@ def check_format(path: Path, metadata: dict[str, str], expected: str) -> None:
     """Refuse a file that is not an `expected` file, or one of a newer format version."""
     if metadata.get("format") != expected:
         what = "checkpoint" if expected == CHECKPOINT_FORMAT else "resume state"
-        raise not_a_checkpoint(path, what, f"it is a safetensors file but not a {expected} file: format {metadata.get('format')!r}")
+        raise not_a_checkpoint(path, what, f"it is a safetensors file but not a {expected} file (format {metadata.get('format')!r})")
     version = metadata.get("format_version", "")
     if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise GptkitError(
