@@ -39,6 +39,7 @@ from gptkit.checkpoint_format import (  # noqa: F401  (DamagedFile and the const
     MODEL,
     RESUME_FORMAT,
     DamagedFile,
+    checkpoint_file,
     check_format,
     checkpoint_kind,
     read_checkpoint_header,
@@ -289,7 +290,7 @@ def _write(path, tensors, model_config, tokenizer_spec, step, train_loss, val_lo
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and verify a checkpoint (format version, checksum, metadata); a damaged file raises
     DamagedFile. (run_folder.load_run_checkpoint also names the run's last good checkpoint.)"""
-    path = Path(path)
+    path = checkpoint_file(path)  # a run folder: its ckpt.safetensors
     tensors, metadata = _open(path, "checkpoint", CHECKPOINT_FORMAT)
     expected = metadata.get("checksum", "").removeprefix("sha256:")
     if weights_checksum(tensors) != expected:
@@ -338,7 +339,7 @@ def peek_checkpoint(path: str | Path) -> Checkpoint:
     """A checkpoint's metadata alone (its state_dict is empty): reads the small header, not the
     weights, so it is instant but verifies nothing beyond the header. The tensors' names and shapes
     are in checkpoint_format.read_checkpoint_header(path).tensors."""
-    path = Path(path)
+    path = checkpoint_file(path)
     return _checkpoint_from(path, read_checkpoint_header(path).metadata, {})
 
 

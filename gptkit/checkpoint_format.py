@@ -62,6 +62,27 @@ def unreadable(path: Path, error: Exception | str) -> DamagedFile:
     return DamagedFile(path, f"is not a readable safetensors file (truncated or damaged: {str(error).splitlines()[0][:120]})")
 
 
+CHECKPOINT_HINT = f"pass a {CKPT_NAME} written by `gptkit train`, or the run folder that holds it"
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a `--ckpt` names: the file itself, or a run folder's latest (RUN/ckpt.safetensors),
+    as `--tokenizer` takes a folder too. Every reader of a checkpoint starts here."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / CKPT_NAME).is_file():
+            return path / CKPT_NAME
+        raise GptkitError(f"checkpoint {path} is a folder without {CKPT_NAME}", hint=f"pass the file, e.g. {path / CKPT_NAME}")
+    return path
+
+
+def not_a_checkpoint(path: Path, what: str = "checkpoint", detail: str = "") -> GptkitError:
+    """The one error for a file that is no checkpoint at all (a text file, a resume state, a stranger's
+    safetensors file): said the same way by every command that reads one."""
+    detail = f": {detail}" if detail else ""
+    return GptkitError(f"{path} is not a gptkit {what}{detail}", hint=CHECKPOINT_HINT if what == "checkpoint" else None)
+
+
 def check_is_file(path: Path, what: str) -> None:
     if not path.exists():
         raise GptkitError(f"{what} {path} does not exist", hint="train one with `gptkit train`, or check the path")
@@ -78,9 +99,13 @@ def read_header(path: str | Path, what: str = "checkpoint") -> Header:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
             f.seek(0)
-            prefix = f.read(8)
+            prefix = f.read(9)
+            if len(prefix) > 8 and prefix[8:9] != b"{":  # a safetensors header is JSON: a text file is no checkpoint
+                raise not_a_checkpoint(path, what, "it is not a readable safetensors file")
+            prefix = prefix[:8]
             if len(prefix) < 8:
                 raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
+            f.seek(8)
             (length,) = struct.unpack("<Q", prefix)
             if length > min(_MAX_HEADER_BYTES, size - 8):
                 raise ValueError(f"header length {length:,} does not fit in the file's {size:,} bytes")
@@ -115,10 +140,8 @@ def _parse(raw, data_bytes: int) -> Header:
 def check_format(path: Path, metadata: dict[str, str], expected: str) -> None:
     """Refuse a file that is not an `expected` file, or one of a newer format version."""
     if metadata.get("format") != expected:
-        raise GptkitError(
-            f"{path} is a safetensors file but not a {expected} file (format {metadata.get('format')!r})",
-            hint="pass a checkpoint written by `gptkit train`",
-        )
+        what = "checkpoint" if expected == CHECKPOINT_FORMAT else "resume state"
+        raise not_a_checkpoint(path, what, f"it is a safetensors file but not a {expected} file (format {metadata.get('format')!r})")
     version = metadata.get("format_version", "")
     if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise GptkitError(
@@ -129,7 +152,7 @@ def check_format(path: Path, metadata: dict[str, str], expected: str) -> None:
 
 def read_checkpoint_header(path: str | Path) -> Header:
     """read_header, for a gptkit checkpoint of a version this gptkit reads (else a GptkitError)."""
-    path = Path(path)
+    path = checkpoint_file(path)
     header = read_header(path, "checkpoint")
     check_format(path, header.metadata, CHECKPOINT_FORMAT)
     return header

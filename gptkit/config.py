@@ -165,7 +165,7 @@ class TrainConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.", panel=RUN, resumable=True)
     dtype: str = option("auto", "Autocast precision.", choices=("auto", "float32", "bfloat16", "float16"), panel=RUN, resumable=True)
     compile: str = option(
-        "auto", "torch.compile the model (auto: on for CUDA, off elsewhere; TOML: auto, true or false).",
+        "auto", "torch.compile the model: pays off on GPUs; on a CPU compiling takes about a minute and the steps are rarely faster (auto: on for CUDA, off elsewhere; TOML: auto, true or false).",
         choices=("auto", "true", "false"), flags=("--compile/--no-compile",), panel=RUN, resumable=True,
     )
     seed: int = option(1337, "Random seed (weights, batches, dropout).", panel=RUN)
@@ -177,8 +177,12 @@ class TrainConfig:
     grad_accum: int = option(1, "Micro-batches per optimizer step.", panel=OPTIM, resumable=True)
     learning_rate: float = option(1e-3, "Peak learning rate.", flags=("--learning-rate", "--lr"), panel=OPTIM)
     min_lr: float = option(1e-4, "Learning rate at the end of the decay (every schedule but constant).", panel=OPTIM)
-    warmup_iters: int = option(100, "Linear warmup steps from 0.", panel=OPTIM)
-    lr_decay_iters: int = option(0, "Length of the schedule's decay (0: max_iters).", panel=OPTIM)
+    warmup_iters: int = option(
+        100, "Linear warmup steps from 0 (a preset's warmup is at most a tenth of max_iters unless you set it).", panel=OPTIM
+    )
+    lr_decay_iters: int = option(
+        0, "Step at which the decay reaches min_lr (0: max_iters; with a preset it is max_iters unless you set it).", panel=OPTIM
+    )
     weight_decay: float = option(0.1, "AdamW weight decay, on tensors of 2+ dimensions (matrices, embeddings).", panel=OPTIM)
     beta1: float = option(0.9, "AdamW beta1.", panel=OPTIM)
     beta2: float = option(0.99, "AdamW beta2.", panel=OPTIM)
@@ -267,7 +271,7 @@ PRESETS: dict[str, Preset] = {
         "GPT-2 block reaches ~1.89; add --position learned --mlp gelu for that block",
         model=_CPU_MODEL,
         train=dict(
-            max_iters=2000, lr_decay_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
+            max_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
             warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=20, log_interval=10,
         ),
     ),
@@ -277,7 +281,7 @@ PRESETS: dict[str, Preset] = {
         "val loss in a quarter of the iterations (docs/performance.md)",
         model=_CPU_MODEL,
         train=dict(
-            optimizer="muon", max_iters=500, lr_decay_iters=500, batch_size=12, learning_rate=6e-3, min_lr=6e-4,
+            optimizer="muon", max_iters=500, batch_size=12, learning_rate=6e-3, min_lr=6e-4,
             warmup_iters=50, beta2=0.99, eval_interval=500, eval_iters=20, log_interval=50,
         ),
     ),
@@ -285,7 +289,7 @@ PRESETS: dict[str, Preset] = {
         "nanoGPT's GPU Shakespeare config: a 10.7M-parameter char model (val loss ~1.47 on one GPU)",
         model=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
         train=dict(
-            max_iters=5000, lr_decay_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
+            max_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
             warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10,
         ),
     ),
@@ -297,7 +301,7 @@ PRESETS: dict[str, Preset] = {
         # The char presets keep vocab_multiple = 1: padding 65 symbols to 128 would double their output layer.
         model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, vocab_multiple=64),
         train=dict(
-            max_iters=600_000, lr_decay_iters=600_000, batch_size=12, grad_accum=40, learning_rate=6e-4,
+            max_iters=600_000, batch_size=12, grad_accum=40, learning_rate=6e-4,
             min_lr=6e-5, warmup_iters=2000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
             eval_interval=1000, eval_iters=200, log_interval=10,
         ),
@@ -314,13 +318,21 @@ def _field_names(cls) -> set[str]:
 BOOL_OR_AUTO = {"compile"}
 
 
-def apply_settings(obj, values: dict, where: str):
-    """Return a copy of dataclass `obj` with `values` set, checking names and types; one UsageError
-    lists every unknown name and every wrong type."""
+TOML_TYPES_HINT = "in TOML numbers take no quotes (batch_size = 64), booleans are true or false, text is quoted (device = \"cpu\")"
+
+
+def did_you_mean(names, known) -> list[str]:
+    """'learning_rate (not learning_rat)' for each of `names` close to one of `known`, as the command line suggests."""
+    from difflib import get_close_matches
+
+    return [f"{match[0]} (not {name})" for name in names if (match := get_close_matches(name, sorted(known), n=1, cutoff=0.6))]
+
+
+def setting_problems(obj, values: dict) -> tuple[list[str], list[str], dict]:
+    """(unknown names, wrong types as sentences, the checked values) of `values` for dataclass `obj`."""
     names = _field_names(type(obj))
     unknown = sorted(set(values) - names)
-    problems = [f"unknown setting(s) {', '.join(unknown)}"] if unknown else []
-    checked = {}
+    problems, checked = [], {}
     for key, value in values.items():
         if key in unknown:
             continue
@@ -340,27 +352,54 @@ def apply_settings(obj, values: dict, where: str):
             expected = "bool" if key in BOOL_OR_AUTO else type(default).__name__
             problems.append(f"{key} should be a {expected}, got {value!r}")
         checked[key] = value
-    if problems:
-        raise UsageError(
-            f"{where}: {'; '.join(problems)}",
-            hint=f"known settings: {', '.join(sorted(names))}" if unknown else None,
-        )
+    return unknown, problems, checked
+
+
+def apply_settings(obj, values: dict, where: str):
+    """Return a copy of dataclass `obj` with `values` set, checking names and types; one UsageError
+    lists every unknown name and every wrong type."""
+    unknown, problems, checked = setting_problems(obj, values)
+    if unknown or problems:
+        names = _field_names(type(obj))
+        close = did_you_mean(unknown, names)
+        hints = ["did you mean " + ", ".join(close)] if close else []
+        hints += [f"known settings: {', '.join(sorted(names))}"] if unknown else [TOML_TYPES_HINT] if where.endswith(".toml") else []
+        listed = [f"unknown setting(s) {', '.join(unknown)}"] if unknown else []
+        raise UsageError(f"{where}: {'; '.join(listed + problems)}", hint="; ".join(hints) or None)
     return replace(obj, **checked)
 
 
-def load_toml(path: str | Path, tables: tuple[str, ...] = ("model", "train")) -> dict:
-    """A config file's tables; any other table is refused (a typo would otherwise be ignored)."""
+def load_toml(path: str | Path, tables: tuple[str, ...] = ("model", "train"), classes: dict[str, type] | None = None) -> dict:
+    """A config file's tables; any other table is refused (a typo would otherwise be ignored). With
+    `classes` ({table: config dataclass}) the settings are checked too: every unknown table, unknown
+    setting and wrong type of the file in one error, each unknown name with its closest known one."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
+        raise UsageError(f"config file {path} does not exist", hint="check the path; `gptkit train --print-config > my.toml` writes one to start from")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid TOML: {e}") from None
+        raise UsageError(f"{path} is not valid TOML: {e}", hint="see https://toml.io: `[train]` on its own line, then `name = value` lines") from None
+    known = " and ".join(f"[{t}]" for t in tables if t != "base")  # [base] is finetune.toml's record, not the user's
     extra = sorted(set(data) - set(tables))
-    if extra:
-        known = " and ".join(f"[{t}]" for t in tables if t != "base")  # [base] is finetune.toml's record, not the user's
-        raise UsageError(f"{path}: unknown table(s) {', '.join(extra)}", hint=f"a config has {known} tables")
+    problems = [f"unknown table(s) {', '.join(extra)}"] if extra else []
+    suggestions = did_you_mean([f"[{t}]" for t in extra], [f"[{t}]" for t in tables if t != "base"])
+    for table, cls in (classes or {}).items():
+        values = data.get(table, {})
+        if not isinstance(values, dict):
+            continue
+        unknown, wrong, _ = setting_problems(cls(), values)
+        if unknown:
+            problems.append(f"unknown setting(s) {', '.join(unknown)} in [{table}]")
+            home = {name: t for t, c in classes.items() if t != table for name in _field_names(c)}
+            suggestions += did_you_mean([n for n in unknown if n not in home], _field_names(cls))
+            suggestions += [f"{name} in [{home[name]}] (not [{table}])" for name in unknown if name in home]
+        problems += wrong
+    if problems:
+        hints = (["did you mean " + ", ".join(suggestions)] if suggestions else []) + ([f"a config has {known} tables"] if extra else [])
+        if any("should be a" in p for p in problems):
+            hints.append(TOML_TYPES_HINT)
+        raise UsageError(f"{path}: {'; '.join(problems)}", hint="; ".join(hints) or None)
     return data
 
 
@@ -381,16 +420,37 @@ def resolve_config(
             raise UsageError(f"unknown preset {preset!r}", hint=f"presets: {', '.join(PRESETS)}")
         model = apply_settings(model, PRESETS[preset].model, f"preset {preset}")
         train = apply_settings(train, PRESETS[preset].train, f"preset {preset}")
+    stated = set(train_overrides or {})  # the user's own settings, not the preset's
     if config_file:
-        data = load_toml(config_file)
+        data = load_toml(config_file, classes={"model": ModelConfig, "train": TrainConfig})  # every problem at once
         model = apply_settings(model, data.get("model", {}), str(config_file))
         train = apply_settings(train, data.get("train", {}), str(config_file))
+        stated |= set(data.get("train", {}))
     model = apply_settings(model, model_overrides or {}, "options")
     train = apply_settings(train, train_overrides or {}, "options")
+    if preset:
+        train = fit_schedule_to_run(train, stated)
     problems = config_problems(model, train)
     if check and problems:
         raise UsageError("invalid configuration: " + "; ".join(problems))
     return model, train
+
+
+# A preset's schedule follows the run's length, so `--preset X --max-iters 150` still warms up and
+# anneals: these settings come from max_iters unless the config file or the options set them.
+RUN_LENGTH_SETTINGS = ("warmup_iters", "lr_decay_iters")
+
+
+def fit_schedule_to_run(train: TrainConfig, stated: set[str]) -> TrainConfig:
+    """The rule, for a preset's run: the decay ends at max_iters (lr_decay_iters = max_iters), and the
+    warmup is the preset's but at most a tenth of the run (100 warmup steps of a 150-step run would leave
+    no time to anneal). A value the user states is kept as it is."""
+    changes = {}
+    if "lr_decay_iters" not in stated:
+        changes["lr_decay_iters"] = train.max_iters
+    if "warmup_iters" not in stated:
+        changes["warmup_iters"] = min(train.warmup_iters, train.max_iters // 10)
+    return replace(train, **changes)
 
 
 def config_problems(model: ModelConfig, train: TrainConfig) -> list[str]:

@@ -2,7 +2,8 @@
 
 Library code raises GptkitError for every mistake a user can make (a missing file, a bad option, a
 corrupted checkpoint). The CLI prints `Error: <message>` and, on the next line, `Hint: <hint>`,
-then exits with code 1. Anything else is a bug and shows a traceback only with GPTKIT_DEBUG=1.
+then exits with code 1 (2 for a UsageError: the command line itself is wrong). Anything else is a
+bug and shows a traceback only with GPTKIT_DEBUG=1.
 
 Where several independent things can be wrong at once (a run's config, data and folder; a list of
 input files), Problems collects them and raises one error that names them all, so the user fixes
@@ -59,8 +60,8 @@ class Problems:
         if errors:
             message = f"{len(errors)} problems: " + _numbered([e.message for e in errors])
             hint = _numbered([e.hint for e in errors]) or None
-            # Bad usage only when every problem is one (exit code 2); any other makes it a failure (1).
-            kind = UsageError if all(isinstance(e, UsageError) for e in errors) else GptkitError
+            # A usage mistake is exit code 2 whatever else is wrong: fixing the command line comes first.
+            kind = UsageError if any(isinstance(e, UsageError) for e in errors) else GptkitError
             raise kind(message, hint=hint)
 
 

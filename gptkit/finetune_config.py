@@ -82,7 +82,7 @@ SHOWN_DEFAULTS = {
 
 def load_finetune_toml(path: str | Path) -> dict:
     """A finetune config (or a run's finetune.toml record): [finetune] and [train] tables, and [base]."""
-    return load_toml(path, ("finetune", "train", "base"))
+    return load_toml(path, ("finetune", "train", "base"), classes=CLASSES)
 
 
 def resolve_finetune_config(

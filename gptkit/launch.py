@@ -27,6 +27,7 @@ from gptkit.checkpoint import DamagedFile, peek_checkpoint
 from gptkit.config import (
     DEFAULT_PRESET,
     PRESETS,
+    RUN_LENGTH_SETTINGS,
     ModelConfig,
     TrainConfig,
     apply_settings,
@@ -92,7 +93,7 @@ def stated_names(preset: str | None, config_file: str | Path | None, model_overr
     model, train = set(model_overrides), set(train_overrides)
     if preset in PRESETS:
         model |= set(PRESETS[preset].model)
-        train |= set(PRESETS[preset].train)
+        train |= set(PRESETS[preset].train) - set(RUN_LENGTH_SETTINGS)  # derived from max_iters (config.py)
     if config_file:
         data = load_toml(config_file)
         model |= set(data.get("model", {}))

@@ -44,6 +44,7 @@ from gptkit.tokenizers import Tokenizer, build_tokenizer, needs_corpus, tokenize
 from gptkit.tokenizers.streaming import iter_pieces, map_in_processes
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # like llm.c: 100M tokens (200 MB of uint16) per shard
+EMPTY_HINT = "the input holds no characters: give a file (or a folder of files) with some text in it"
 TOKENIZER_TRAIN_CHARS = 50_000_000  # bpe/sp-* learn from at most this much text (time, not memory)
 
 
@@ -112,7 +113,7 @@ def prepare_documents(
     """Tokenize documents held in memory into a data folder. Returns the meta.json dict."""
     out = _check_out(out)
     if not any(d.text for d in docs):
-        raise GptkitError("the input text is empty")
+        raise GptkitError("the input text is empty", hint=EMPTY_HINT)
     splits_text = split_documents(docs, val_fraction)
     tokenizer = get_tokenizer(tokenizer_name, lambda: [d.text for d in docs], lambda: splits_text["train"], log)
 
@@ -269,7 +270,13 @@ def prepare_shakespeare(
 ) -> dict:
     """Prepare tiny Shakespeare. Without `source` (or GPTKIT_SHAKESPEARE) it is downloaded once and cached."""
     dataset = DATASETS["shakespeare"]
+    from_env = not source and os.environ.get("GPTKIT_SHAKESPEARE")
     source = source or os.environ.get("GPTKIT_SHAKESPEARE") or None
+    if from_env and not Path(source).is_file():
+        raise GptkitError(
+            f"GPTKIT_SHAKESPEARE={source}: no such file",
+            hint="point GPTKIT_SHAKESPEARE at a local copy of tinyshakespeare.txt, or unset it to download the corpus",
+        )
     path = Path(source) if source else fetch_dataset(dataset)
     text = read_text_file(path)
     info = _file_source("shakespeare", [scan_text_file(path)])
@@ -311,7 +318,7 @@ def prepare_text(
     problems.raise_if_any()
     total = sum(f.chars for f in files)
     if total == 0:
-        raise GptkitError("the input text is empty")
+        raise GptkitError("the input text is empty", hint=EMPTY_HINT)
     log(f"source: {len(files)} file(s), {total:,} characters")
     cut = train_val_cut(total, val_fraction)
 

@@ -94,7 +94,16 @@ def lock_run_folder(out: str | Path) -> Iterator[None]:
     created = not out.exists()
     try:
         with FolderLock(out / LOCK_NAME, out, "run folder"):
-            yield
+            try:
+                yield
+            except KeyboardInterrupt:
+                # Ctrl-C while the run was starting (the loop itself saves first): a folder this call
+                # created and that holds no saved step is only config.toml and an empty log. Gone again.
+                if created and not saved_steps(out):
+                    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+                    for name in ("config.toml", "metrics.jsonl"):
+                        (out / name).unlink(missing_ok=True)
+                raise
     finally:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -104,11 +104,16 @@ def read_text_blocks(source: str | Path | BinaryIO, name: str | None = None, blo
         offset += len(block)
 
 
+def missing_file_hint(path: Path) -> str:
+    where = "" if path.is_absolute() else f"; a relative path starts in the current folder, {Path.cwd()}"
+    return f"check the name and the folder{where}"
+
+
 def read_text_file(path: str | Path) -> str:
     """Read a whole UTF-8 text file, refusing binary or non-UTF-8 files with a message that names them."""
     path = Path(path)
     if not path.exists():
-        raise GptkitError(f"{path} does not exist")
+        raise GptkitError(f"{path} does not exist", hint=missing_file_hint(path))
     if path.is_dir():
         raise GptkitError(f"{path} is a folder, not a text file")
     return "".join(read_text_blocks(path))
@@ -128,7 +133,7 @@ def collect_text_files(paths: list[str | Path]) -> list[Path]:
         elif p.exists():
             files.append(p)
         else:
-            raise GptkitError(f"{p} does not exist")
+            raise GptkitError(f"{p} does not exist", hint=missing_file_hint(p))
     if not files:
         raise GptkitError("no input files given")
     return files

@@ -90,7 +90,17 @@ def train_from_files(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
     log(f"trained {tokenizer.name} on {len(paths)} file(s): {tokenizer.vocab_size:,} ids -> {out / 'tokenizer.json'}")
+    if kind != "char" and tokenizer.vocab_size < vocab_size:
+        log(f"warning: asked for {vocab_size:,} ids, got {tokenizer.vocab_size:,}: {FEWER_IDS.get(kind, FEWER_IDS['bpe'])}")
     return tokenizer
+
+
+# Why a small text gives fewer ids than --vocab-size asks for.
+FEWER_IDS = {
+    "bpe": "the text ran out of pairs to merge (a pair must occur at least twice); more text gives more ids",
+    "sp-bpe": "SentencePiece found no more pieces worth adding in this text; more text gives more ids",
+    "sp-unigram": "SentencePiece found no more pieces worth keeping in this text; more text gives more ids",
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,8 +192,9 @@ def _parse_line(line: bytes, number: int, fmt: str) -> list[int]:
         return [int(word) for word in line.split()]
     except ValueError:
         expected = "a JSON array of ids" if fmt == "jsonl" else "space-separated ids"
+        shown = line.decode("utf-8", errors="replace").rstrip("\r\n")
         raise GptkitError(
-            f"line {number} of the input is not {expected}: {line[:60]!r}",
+            f"line {number} of the input is not {expected}: “{shown[:60]}”" + ("..." if len(shown) > 60 else ""),
             hint="decode reads what `gptkit tokenize encode` writes; pass the same --format",
         ) from None
 

@@ -58,6 +58,7 @@ from gptkit.model import GPT, ModelConfig
 from gptkit.monitor import MetricsLog, Monitor, TensorBoardLog
 from gptkit.optim import make_optimizer
 from gptkit.preflight import RunPlan, plan_run
+from gptkit.run_banner import run_banner
 from gptkit.run_folder import (
     BEST_NAME,
     CKPT_NAME,
@@ -106,6 +107,7 @@ class TrainResult:
     tokens_per_sec: float
     ms_per_iter: float
     out: Path
+    steps_done: int = 0  # optimizer steps this call made (0: a resumed run already at max_iters)
 
 
 def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx, meta: dict | None = None) -> Callable[[], list]:
@@ -254,10 +256,9 @@ def _train(
     # The global batch: every rank trains on its own batch_size x grad_accum sequences per step.
     tokens_per_step = cfg.batch_size * model_config.block_size * cfg.grad_accum * ctx.world_size
     peak = peak_flops(runtime)
-    monitor.message(
-        f"model: {state.model.num_params() / 1e6:.2f}M parameters | device: {runtime.describe()} | "
-        f"{tokens_per_step:,} tokens per step | data: {plan.splits['train'].num_tokens:,} train tokens"
-    )
+    for line in run_banner(state.model, model_config, cfg, tokens_per_step, ctx.world_size):  # what is trained, and how
+        monitor.message(line)
+    monitor.message(f"device: {runtime.describe()} | data: {plan.splits['train'].num_tokens:,} train tokens")
     if ctx.enabled:
         monitor.message(
             f"distributed: {ctx.world_size} processes ({cfg.parallel}); global batch = {cfg.batch_size} x "
@@ -280,7 +281,7 @@ def _train(
             last_saved=state.step if resumed else None,
         )
         if result.steps_done == 0 and resumed is not None:
-            monitor.message(f"the run is already at step {state.step} (max_iters {cfg.max_iters}); nothing to do")
+            monitor.message(f"nothing to do: the run is already at step {state.step} (max_iters {cfg.max_iters})")
     finally:
         monitor.close()
         for sink in sinks:
@@ -301,4 +302,5 @@ def _train(
         tokens_per_sec=tokens_per_step * steps_done / seconds,
         ms_per_iter=1000 * seconds / steps_done,
         out=out,
+        steps_done=result.steps_done,
     )

@@ -291,7 +291,7 @@ E, U = 1, 2  # failure, bad usage
 MISTAKES = {
     # name: (expected exit code, expected text in the Error line, argv with {root} {run} {ckpt} {data})
     "wrong checkpoint path": (E, "checkpoint {root}/missing.safetensors does not exist", ["sample", "--ckpt", "{root}/missing.safetensors"]),
-    "directory as --ckpt": (E, "checkpoint {run} is a folder", ["eval", "--ckpt", "{run}"]),
+    "directory as --ckpt": (E, "checkpoint {root}/empty-folder is a folder", ["eval", "--ckpt", "{root}/empty-folder"]),  # a run folder is a checkpoint
     "unknown preset": (U, "unknown preset 'shakespeare-gpu'", ["train", "--preset", "shakespeare-gpu", "--data", "{data}"]),
     "unknown option": (U, "No such option: --layers", ["train", "--layers", "4"]),
     "unknown command": (U, "No such command", ["finetuning"]),

@@ -203,7 +203,7 @@ CASES = [
     Case("train-invalid-hyperparameters", lambda env: TRAIN(env, "--max-iters", 0, "--learning-rate", -1, "--n-head", 3), 2,
          ["invalid configuration: ", "train.max_iters must be at least 1 (got 0)", "train.learning_rate must be positive (got -1.0)",
           "model.n_embd (32) must be divisible by model.n_head (3)"]),
-    Case("train-config-and-data-at-once", lambda env: TRAIN(env, "--max-iters", 0) + ["--data", env.tmp / "nowhere"], 1,
+    Case("train-config-and-data-at-once", lambda env: TRAIN(env, "--max-iters", 0) + ["--data", env.tmp / "nowhere"], 2,  # usage first (issue 14)
          ["2 problems", "max_iters", "nowhere"]),
     Case("train-bad-robustness-options", lambda env: TRAIN(env, "--on-bad-loss", "ignore", "--keep-checkpoints", 0), 2,
          ["on_bad_loss must be skip or stop", "keep_checkpoints must be at least 1"]),
@@ -231,7 +231,7 @@ CASES = [
          setup=nan_loss_at(7), changes=lambda env: [env.tmp / "new"], check=stopped_run_kept_step_5),
     # eval
     Case("eval-missing-checkpoint", lambda env: ["eval", "--ckpt", env.tmp / "gone.safetensors", "--data", env.data], 1, ["gone.safetensors", "does not exist"]),
-    Case("eval-checkpoint-is-a-folder", lambda env: ["eval", "--ckpt", env.run, "--data", env.data], 1, ["is a folder"]),
+    Case("eval-checkpoint-is-a-folder", lambda env: ["eval", "--ckpt", env.data, "--data", env.data], 1, ["is a folder"]),  # a run folder is fine: its ckpt.safetensors
     Case("eval-resume-state-as-checkpoint", lambda env: ["eval", "--ckpt", step_paths(env.run, 30).state, "--data", env.data], 1, ["not a gptkit.checkpoint file"]),
     Case("eval-other-tokenizer", lambda env: EVAL(env) + ["--data", env.other], 1, ["was tokenized differently (char, 27 characters) from the model in", "ckpt.safetensors (char, 59 characters)"]),
     Case("eval-unknown-split", lambda env: EVAL(env, "--split", "test"), 1, ["data has no 'test' split"]),

@@ -15,12 +15,14 @@ Conventions every command follows:
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
 
 from gptkit.cli import ablate, data, eval, export, finetune, inspect, prepare, report, sample, serve, tokenize, train  # noqa: F401  (each registers its commands)
 from gptkit.cli.app import app
+from gptkit.cli.help_format import humanize, install as install_help_format
 from gptkit.cli.train import PRESET_NAMES
 from gptkit.console import err
 from gptkit.errors import GptkitError, UsageError
@@ -29,6 +31,24 @@ __all__ = ["PRESET_NAMES", "app", "main"]
 
 # The parser's exception type: click's, or the copy of click that newer typer releases carry.
 ParserError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+# Names a newcomer types for a command that has another name here (only names that will not become
+# commands of their own; the parser's close matches, "trian" -> train, are kept as they are).
+OTHER_NAMES = {
+    "generate": "sample", "infer": "sample", "complete": "sample",
+    "evaluate": "eval", "pretrain": "train", "fit": "train",
+    "encode": "tokenize encode", "decode": "tokenize decode", "plot": "report", "compare": "report",
+}
+
+
+def _usage_message(error) -> str:
+    """The parser's message, with the command a newcomer meant when they used another name for it."""
+    message = error.format_message()
+    unknown = re.fullmatch(r"No such command '([^']+)'\.(.*)", message)
+    if unknown and unknown.group(1) in OTHER_NAMES and "Did you mean" not in unknown.group(2):
+        return f"No such command '{unknown.group(1)}'. Did you mean '{OTHER_NAMES[unknown.group(1)]}'?"
+    return message
 
 
 def _print_error(error: GptkitError) -> None:
@@ -44,14 +64,19 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its code; library errors become one `Error:` line."""
     debug = os.environ.get("GPTKIT_DEBUG", "") not in ("", "0")
     try:
-        result = app(args=argv, prog_name="gptkit", standalone_mode=False)
+        install_help_format()
+        result = humanize(typer.main.get_command(app)).main(args=argv, prog_name="gptkit", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == 130:  # Ctrl-C: the parser turns it into a silent exit code 130 (no command returns one)
+            err.print("Interrupted.")
     except typer.Exit as e:
         code = e.exit_code
+        if code == 130:  # the same, raised rather than returned
+            err.print("Interrupted.")
     except ParserError as e:  # bad usage found by the parser: exit code 2, one line like every error
         ctx = getattr(e, "ctx", None)
         if e.format_message():  # empty when the parser already printed the help (no arguments given)
-            _print_error(UsageError(e.format_message(), hint=f"see `{ctx.command_path if ctx else 'gptkit'} --help`"))
+            _print_error(UsageError(_usage_message(e), hint=f"see `{ctx.command_path if ctx else 'gptkit'} --help`"))
         code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted.")

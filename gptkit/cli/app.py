@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from contextlib import contextmanager
+
 import typer
 
 from gptkit import __version__
@@ -30,3 +34,23 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     pass
+
+
+@contextmanager
+def exit_at_once_on_ctrl_c():
+    """Ctrl-C while a command imports torch: say so and exit 130 at once. Nothing is written yet, and a
+    KeyboardInterrupt raised while torch's C++ start-up code runs would abort the process instead."""
+
+    def stop(signum, frame):
+        os.write(2, b"Interrupted.\n")
+        os._exit(130)
+
+    try:
+        previous = signal.signal(signal.SIGINT, stop)
+    except ValueError:  # not the main thread (a test harness): keep Python's KeyboardInterrupt
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

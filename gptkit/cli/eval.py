@@ -19,7 +19,7 @@ from gptkit.console import emit_json as _emit_json
     "  gptkit eval --ckpt out/ckpt.safetensors --adapter out/lora/adapter.safetensors --data data/new",
 )
 def eval_cmd(
-    ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to evaluate."),
+    ckpt: Path = typer.Option(Path("out"), "--ckpt", help="Checkpoint to evaluate: a .safetensors file or a run folder (its ckpt.safetensors)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Data folder.  [default: the one the model trained on]"),
     split: str = typer.Option("val", "--split", help="Which split: val or train."),

@@ -18,7 +18,7 @@ from gptkit.console import emit_json, log
     "  gptkit export --ckpt out/ckpt.safetensors --format gguf --out out/model.gguf --dtype float16",
 )
 def export_cmd(
-    ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to export."),
+    ckpt: Path = typer.Option(Path("out"), "--ckpt", help="Checkpoint to export: a .safetensors file or a run folder (its ckpt.safetensors)."),
     format: str = typer.Option(..., "--format", "-f", help="hf (a transformers folder) | onnx | gguf (llama.cpp)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write: a folder for hf, a file for onnx and gguf."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (hf all three, gguf float32/16, onnx float32)."),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,7 +19,9 @@ from gptkit.console import emit_json as _emit_json, log as _log
 )
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders written by `gptkit train`."),
-    png: Path = typer.Option(Path("loss.png"), "--png", help="Where to draw the loss curves."),
+    png: Optional[Path] = typer.Option(
+        None, "--png", help="Where to draw the loss curves.  [default: loss.png in the run folder; for several runs, in the folder that holds them]",
+    ),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw the PNG (needs matplotlib: pip install 'gptkit[report]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs' summaries as JSON instead of markdown."),
 ) -> None:
@@ -25,10 +29,17 @@ def report(
     loss, tokens/s, wall time) on stdout."""
     from gptkit.report import report as make_report
 
-    result = make_report(runs, png if plot else None)
+    result = make_report(runs, (png or default_png(runs)) if plot else None)
     if result.png is not None:
         _log(f"loss curves: {result.png}")
     if as_json:
         _emit_json(result.summaries)
     else:
         print(result.markdown)
+
+
+def default_png(runs: list[Path]) -> Path:
+    """loss.png beside the runs it draws (never in whatever folder the command happens to run in)."""
+    common = Path(os.path.commonpath([os.path.abspath(run) for run in runs]))
+    png = (common if common.is_dir() else common.parent) / "loss.png"
+    return png.relative_to(Path.cwd()) if png.is_relative_to(Path.cwd()) else png

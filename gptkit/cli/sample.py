@@ -42,7 +42,7 @@ class _Progress:
     "  printf '{\"prompt\": \"ROMEO:\"}\\n{\"prompt\": \"JULIET:\", \"temperature\": 0}\\n' | gptkit sample --jsonl -",
 )
 def sample(
-    ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to sample from."),
+    ckpt: Path = typer.Option(Path("out"), "--ckpt", help="Checkpoint to sample from: a .safetensors file or a run folder (its ckpt.safetensors)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to continue."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from gptkit import __version__
-from gptkit.cli.app import app
+from gptkit.cli.app import app, exit_at_once_on_ctrl_c
 from gptkit.config import DEFAULT_PRESET, PRESETS
 from gptkit.console import emit_json as _emit_json, err, log as _log
 from gptkit.options import split_overrides, with_config_options
@@ -57,11 +57,13 @@ def train(
 ) -> None:
     """Train a GPT on a prepared data folder. Prints the checkpoint's path on stdout."""
     from gptkit.config import to_toml
-    from gptkit.distributed import is_main_process
     from gptkit.errors import UsageError
-    from gptkit.launch import checkpoint_path, plan_launch
-    from gptkit.monitor import PlainMonitor, RichMonitor
-    from gptkit.train import train as run_training
+
+    with exit_at_once_on_ctrl_c():
+        from gptkit.distributed import is_main_process
+        from gptkit.launch import checkpoint_path, plan_launch
+        from gptkit.monitor import PlainMonitor, RichMonitor
+        from gptkit.train import train as run_training
 
     if resume and resume_auto:
         raise UsageError("--resume and --resume-auto contradict each other", hint="pass one of them")
@@ -75,7 +77,7 @@ def train(
         overwrite=overwrite, check=print_config,
     )
     if print_config:
-        print(to_toml(launch.model, launch.train), end="")
+        print(_vocab_from_data(to_toml(launch.model, launch.train), launch.train.data), end="")
         return
 
     cfg = launch.train
@@ -83,23 +85,60 @@ def train(
     main_process = is_main_process()  # under torchrun, rank 0 alone talks
     if main_process:
         _log(f"gptkit {__version__} train ({launch.where}) | data {cfg.data} -> {cfg.out}")
-    result = run_training(
-        launch.model, cfg, resume=launch.resume, overwrite=launch.overwrite, resume_from=launch.resume_from, monitor=monitor,
-        init_from=init_from,
-    )
+    existed = Path(cfg.out).exists()
+    try:
+        result = run_training(
+            launch.model, cfg, resume=launch.resume, overwrite=launch.overwrite, resume_from=launch.resume_from, monitor=monitor,
+            init_from=init_from,
+        )
+    except KeyboardInterrupt:  # Ctrl-C before the loop took over the signal (which saves, then says so)
+        raise _stopped_before_training(Path(cfg.out), existed) from None
     if not main_process:
         return
     ckpt = checkpoint_path(result.out)
-    _log(
-        f"done: step {result.step}, val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}), "
-        f"{result.ms_per_iter:.1f} ms/iter, {result.elapsed_s:.1f} s"
-        if result.val_loss is not None and result.best_val_loss is not None
-        else f"done: step {result.step}"
-    )
+    if result.steps_done == 0:
+        pass  # the library said "nothing to do: the run is already at step N"
+    elif result.val_loss is not None and result.best_val_loss is not None:
+        _log(
+            f"done: step {result.step} | val loss {result.val_loss:.4f} at the last evaluation, best {result.best_val_loss:.4f} "
+            f"(best.safetensors), each on {cfg.eval_iters} batches (`gptkit eval` reads the whole split) | "
+            f"{result.ms_per_iter:.1f} ms/iter, {result.elapsed_s:.1f} s"
+        )
+    else:
+        _log(f"done: step {result.step}")
     if as_json:
         _emit_json({"checkpoint": str(ckpt), **{k: v for k, v in vars(result).items() if k != "out"}, "out": str(result.out)})
     else:
         print(ckpt)
+
+
+def _stopped_before_training(out: Path, existed: bool):
+    """Ctrl-C while the run was still starting: say so; a run folder this command created is gone again."""
+    import signal
+
+    from gptkit.errors import GptkitError
+
+    left = f"{out} is as it was" if existed else "no run folder was left"
+    error = GptkitError(f"stopped before the first step was saved ({left})", hint="run the same command again to start the run")
+    error.signum = signal.SIGINT  # printed as "Interrupted:", exit code 130
+    return error
+
+
+def _vocab_from_data(text: str, data: str) -> str:
+    """--print-config: the vocab_size line says what the run will use, which the data decides."""
+    import json
+
+    try:
+        vocab = int(json.loads((Path(data) / "meta.json").read_text(encoding="utf-8"))["vocab_size"])
+        note = f"vocab_size = {vocab}  # set from the data ({Path(data) / 'meta.json'})"
+    except (OSError, ValueError, KeyError, TypeError):
+        note = None
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("vocab_size = "):
+            line = (note or line.rstrip("\n") + f"  # placeholder: set from the data's tokenizer when training starts ({data} is not prepared yet)") + "\n"
+        lines.append(line)
+    return "".join(lines)
 
 
 def _convert_only(init_from: str, out: Path, as_json: bool) -> None:

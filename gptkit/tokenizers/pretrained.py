@@ -6,6 +6,8 @@ TIKTOKEN_CACHE_DIR, or a temp folder). Offline, a clear error says how to provid
 
 from __future__ import annotations
 
+import textwrap
+
 from gptkit.errors import GptkitError
 from gptkit.tokenizers.tiktoken_backed import TiktokenBackedTokenizer
 
@@ -22,9 +24,9 @@ def load_tiktoken_encoding(name: str):
     except Exception as e:  # network errors come from requests/urllib, whose types vary by version
         raise GptkitError(
             f"could not load tiktoken's {name!r} encoding: its files are not cached and downloading (or "
-            f"verifying) them failed ({type(e).__name__}: {str(e)[:80]})",
-            hint="connect once so tiktoken can cache them, or point TIKTOKEN_CACHE_DIR at a folder holding "
-            "them, or use --tokenizer char",
+            f"verifying) them failed ({type(e).__name__}: {textwrap.shorten(str(e), 160, placeholder=' ...')})",
+            hint="connect to the network once so that tiktoken caches them, or point TIKTOKEN_CACHE_DIR at a "
+            "folder that holds them",
         ) from e
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -98,7 +99,13 @@ class SentencePieceTokenizer(Tokenizer):
             )
         except RuntimeError as e:
             message = str(e).split("] ")[-1].strip()  # drop the C++ source location
-            raise GptkitError(f"SentencePiece could not train: {message}", hint="use more text or another --vocab-size") from None
+            # Its advice names its own flags (--character_coverage), which gptkit does not have.
+            message = re.sub(r"\s*(Increase|Decrease|Please)[^.]*--\w+ option\.?", "", message).strip()
+            hint = "use more text or another --vocab-size"
+            required = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+            if required:  # every character of the text needs a piece of its own
+                hint = f"give --vocab-size at least {int(required.group(2)) + len(special_tokens) + 1} (the text has {required.group(2)} different characters)"
+            raise GptkitError(f"SentencePiece could not train: {message}", hint=hint) from None
         return cls(model.getvalue(), model_type)
 
     @property
