@@ -24,7 +24,8 @@ import torch
 
 from gptkit.devices import Runtime
 from gptkit.errors import GptkitError
-from gptkit.inference import load_model
+from gptkit.chat_template import apply_template, completion_end
+from gptkit.inference import LoadedModel, load_model
 from gptkit.model import GPT, KVCache
 from gptkit.tokenizers import Tokenizer
 
@@ -123,6 +124,38 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, block_size: int) -> 
     return prompt, ids
 
 
+def chat_prompt(loaded: LoadedModel, messages_or_question: str | list[dict], source: str | Path = "the model") -> tuple[str, str]:
+    """`sample --chat`: (the text to feed the model, the text that ends its answer) for a question (or a
+    conversation, chat_template.as_messages), rendered with the template the model was fine-tuned with
+    (loaded.chat_template). E.g. ("Question: 2+3\nAnswer: ", "\n") with the default template."""
+    template = loaded.chat_template
+    if template is None:
+        raise GptkitError(
+            f"{source} has no chat template: it was not fine-tuned on instruction data, so it does not know how a question is asked",
+            hint="fine-tune it on data from `gptkit prepare instructions` (gptkit finetune --data DIR), or continue a text with --prompt",
+        )
+    return apply_template(template, messages_or_question), completion_end(template)
+
+
+def until_stop(pieces: Iterator[str], stop: str) -> Iterator[str]:
+    """The text pieces up to (not including) the first occurrence of `stop`, which may span pieces.
+    Text that could be the start of `stop` is held back until the next piece decides."""
+    held = ""
+    for piece in pieces:
+        held += piece
+        at = held.find(stop)
+        if at >= 0:
+            if at:
+                yield held[:at]
+            return  # the caller stops pulling: generation stops here too
+        keep = next((n for n in range(min(len(stop) - 1, len(held)), 0, -1) if stop.startswith(held[-n:])), 0)
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held
+
+
 def sample_texts(
     ckpt: str | Path,
     prompt: str | None = None,
@@ -135,14 +168,20 @@ def sample_texts(
     stop_at_eot: bool = True,
     dtype: str = "auto",
     adapter: str | Path | None = None,
+    chat: bool = False,
 ) -> Iterator[tuple[str, Iterator[str]]]:
     """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once.
 
-    With a seed, the same call gives the same text on the same machine.
+    With a seed, the same call gives the same text on the same machine. chat=True: `prompt` is a
+    question, rendered with the model's chat template (chat_prompt), and each sample is the answer
+    alone, ending where the template ends an answer (or at <|endoftext|>).
     """
     if temperature < 0:
         raise GptkitError(f"--temperature must be >= 0 (got {temperature})")
     loaded = load_model(ckpt, device, dtype, adapter)
+    stop = None
+    if chat:
+        prompt, stop = chat_prompt(loaded, prompt or "", adapter or ckpt)
     model, tokenizer = loaded.model, loaded.tokenizer()
     prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size)
     generator = torch.Generator()
@@ -155,4 +194,5 @@ def sample_texts(
         ids = generate(model, prompt_ids, max_new_tokens, temperature, top_k, generator, stop_id, loaded.runtime.dtype)
         if stop_id is not None:
             ids = (i for i in ids if i != stop_id)
-        yield prompt_text, decode_stream(tokenizer, ids)
+        pieces = decode_stream(tokenizer, ids)
+        yield prompt_text, until_stop(pieces, stop) if stop else pieces

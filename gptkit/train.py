@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from gptkit import distributed
+from gptkit.chat_template import run_template
 from gptkit.config import TrainConfig, to_toml
 from gptkit.devices import Runtime, compile_enabled, peak_flops
 from gptkit.checkpoint import Checkpoint
@@ -242,12 +243,15 @@ def _train(
             sink.write(record)
 
     train_config_dict = asdict(cfg)
+    start = resumed or plan.init_from  # the weights the run started from, which may carry a template
+    chat_template = run_template(plan.meta, start.chat_template if start is not None else None)
 
     def write(saved: dict, train_loss, val_loss, is_best: bool) -> None:
         module_weights = saved["model"]
         saved = {**saved, "model": weights.to_checkpoint(module_weights)}
         write_to_run_folder(
-            out, saved, state.model, plan.meta["tokenizer"], train_loss, val_loss, train_config_dict, cfg.keep_checkpoints, is_best
+            out, saved, state.model, plan.meta["tokenizer"], train_loss, val_loss, train_config_dict, cfg.keep_checkpoints, is_best,
+            chat_template,
         )
         weights.saved(out, saved["step"], module_weights, train_loss, val_loss, is_best)
 

@@ -17,13 +17,15 @@ from gptkit.errors import UsageError
     epilog="Examples:\n\n"
     "  gptkit sample --ckpt out/ckpt.safetensors\n\n"
     "  gptkit sample --prompt 'ROMEO:' --max-new-tokens 200 --temperature 0.7 --seed 1\n\n"
-    "  echo 'JULIET:' | gptkit sample --num-samples 3 --json",
+    "  echo 'JULIET:' | gptkit sample --num-samples 3 --json\n\n"
+    "  gptkit sample --ckpt out/ft/ckpt.safetensors --chat 'hello' --temperature 0",
 )
 def sample(
     ckpt: Path = typer.Option(Path("out/ckpt.safetensors"), "--ckpt", help="Checkpoint to sample from."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to continue."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
+    chat: Optional[str] = typer.Option(None, "--chat", help="A question for a model fine-tuned on instructions: asked in its template, only the answer printed."),
     num_samples: int = typer.Option(1, "--num-samples", "-n", min=1, help="How many samples."),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Tokens to generate per sample."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0 = greedy; <1 safer, >1 wilder."),
@@ -43,6 +45,10 @@ def sample(
 
     if prompt is not None and prompt_file is not None:
         raise UsageError("give --prompt or --prompt-file, not both")
+    if chat is not None and (prompt, prompt_file) != (None, None):
+        raise UsageError("--chat is the prompt: give it without --prompt or --prompt-file")
+    if chat is not None:
+        prompt, echo = chat, False
     if prompt_file is not None:
         from gptkit.sources import read_text_file
 
@@ -50,7 +56,7 @@ def sample(
     elif prompt is None and sys.stdin is not None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     for index, (prompt_text, pieces) in enumerate(
-        sample_texts(ckpt, prompt, num_samples, max_new_tokens, temperature, top_k or None, seed, device, stop_at_eot, adapter=adapter)
+        sample_texts(ckpt, prompt, num_samples, max_new_tokens, temperature, top_k or None, seed, device, stop_at_eot, adapter=adapter, chat=chat is not None)
     ):
         if as_json:
             _emit_json({"sample": index, "prompt": prompt_text, "completion": "".join(pieces)})
