@@ -52,7 +52,7 @@ from gptkit.checkpoint import Checkpoint
 from gptkit.errors import UsageError
 from gptkit.fileio import atomic_write_text
 from gptkit.fit import TrainingInterrupted, fit
-from gptkit.instruction_data import InstructionBatches, InstructionSplit, is_instruction_data
+from gptkit.instruction_data import InstructionBatches, InstructionSplit, is_instruction_data, row_width
 from gptkit.loader import RandomBatches, make_loader
 from gptkit.loss_guard import LossGuard
 from gptkit.model import GPT, ModelConfig
@@ -116,7 +116,8 @@ def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx, meta: dic
 
     def batches():
         if meta is not None and is_instruction_data(meta):
-            source = InstructionLoader(InstructionSplit.open(cfg.data, split.name, meta), cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
+            width = row_width(meta, block_size)
+            source = InstructionLoader(InstructionSplit.open(cfg.data, split.name, meta), cfg.batch_size, width, cfg.seed + 1, ctx.rank, ctx.world_size)
         else:
             source = RandomBatches(split, cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
         return (source.next_batch() for _ in range(cfg.eval_iters))
@@ -142,7 +143,7 @@ def train_batches(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime):
     block_size = plan.model_config.block_size
     if is_instruction_data(plan.meta):
         split = InstructionSplit.open(cfg.data, "train", plan.meta)
-        return InstructionLoader(split, cfg.batch_size, block_size, cfg.seed, ctx.rank, ctx.world_size, pin)
+        return InstructionLoader(split, cfg.batch_size, row_width(plan.meta, block_size), cfg.seed, ctx.rank, ctx.world_size, pin)
     return make_loader(
         cfg.sampler, plan.splits["train"], cfg.batch_size, block_size, cfg.seed,
         ctx.rank, ctx.world_size, pin_memory=pin, eot_id=plan.meta.get("eot_id"),
