@@ -127,7 +127,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, block_size: int) -> 
 def chat_prompt(loaded: LoadedModel, messages_or_question: str | list[dict], source: str | Path = "the model") -> tuple[str, str]:
     """`sample --chat`: (the text to feed the model, the text that ends its answer) for a question (or a
     conversation, chat_template.as_messages), rendered with the template the model was fine-tuned with
-    (loaded.chat_template). E.g. ("Question: 2+3\nAnswer: ", "\n") with the default template."""
+    (loaded.chat_template). E.g. ("Question: 2+3\\nAnswer: ", "\\n") with the default template."""
     template = loaded.chat_template
     if template is None:
         raise GptkitError(

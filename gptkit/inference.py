@@ -88,8 +88,13 @@ def load_model(ckpt: str | Path, device: str = "auto", dtype: str = "auto", adap
 
 def _load_base(path: Path) -> Checkpoint:
     """A checkpoint file, or a Hugging Face GPT-2 folder's weights (a run folder is refused by name)."""
-    from gptkit.hf_import import is_hf_model_folder
+    from gptkit.hf_import import HUB_MODELS, is_hf_model_folder
 
+    if str(path) in HUB_MODELS and not path.exists():  # eval and sample download nothing
+        raise GptkitError(
+            f"{path} is a Hugging Face hub name: eval and sample need the model on disk",
+            hint=f"convert it once: `gptkit train --init-from {path} --max-iters 0 --out DIR`, then pass --ckpt DIR/ckpt.safetensors",
+        )
     if is_hf_model_folder(path):
         from gptkit.hf_import import load_init_checkpoint
 

@@ -106,3 +106,9 @@ def test_a_damaged_template_is_damaged_metadata(tmp_path, tiny_run):
     save_file(load_file(tiny_run.ckpt), path, metadata={**meta, "chat_template": json.dumps({"user": "no slot"})})
     with pytest.raises(GptkitError, match="exactly one {content} slot"):  # refused where it is used
         chat_prompt(load_model(path, device="cpu"), "hi")
+
+
+def test_a_hub_name_as_ckpt_says_to_convert_first(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no folder named gpt2 here
+    r = run_cli("sample", "--ckpt", "gpt2", "--prompt", "hi")
+    assert r.code == 1 and "hub name" in r.stderr and "gptkit train --init-from gpt2 --max-iters 0 --out DIR" in r.stderr
