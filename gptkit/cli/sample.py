@@ -25,7 +25,7 @@ def sample(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter (gptkit finetune --lora-rank) of --ckpt, applied unmerged."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to continue."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
-    chat: Optional[str] = typer.Option(None, "--chat", help="A question for a model fine-tuned on instructions: asked in its template, only the answer printed."),
+    chat: Optional[str] = typer.Option(None, "--chat", help="Ask a model fine-tuned on instructions this question (its template); print only the answer."),
     num_samples: int = typer.Option(1, "--num-samples", "-n", min=1, help="How many samples."),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Tokens to generate per sample."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0 = greedy; <1 safer, >1 wilder."),
