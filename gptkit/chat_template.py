@@ -156,3 +156,12 @@ def apply_template(template: dict, messages_or_prompt: str | list[dict]) -> str:
 def completion_end(template: dict) -> str:
     """What ends an assistant message (the text after its slot): generation can stop there too."""
     return split_role(check_template(template), "assistant")[1]
+
+
+def run_template(meta: dict, start_template: dict | None) -> dict | None:
+    """The template a training run records in its checkpoints: its data's (meta.json "template")
+    when the data is instruction data, else the one its starting weights carry (continued training
+    on plain text keeps a chat model's template), else None."""
+    if meta.get("kind") == "instructions" and meta.get("template") is not None:
+        return check_template(meta["template"], "the data's template")
+    return start_template

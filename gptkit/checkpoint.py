@@ -4,7 +4,10 @@
                               format, format_version, gptkit_version,
                               model_config (JSON), tokenizer (JSON spec), train_config (JSON),
                               step, train_loss, val_loss, checksum (sha256 of the weights),
-                              kind ("model" | "adapter"), base_checksum (adapters only)
+                              kind ("model" | "adapter"), base_checksum (adapters only),
+                              chat_template (JSON, models and adapters trained on instruction data:
+                              the prompt template of chat_template.py, so `sample --chat` and a
+                              server render a question the way the model was trained)
     *.resume.safetensors  what `train --resume` needs on top: optimizer moments, RNG states, the
                           batch sampler's position, the best val loss so far (tensors + JSON metadata,
                           a checksum over both, and the checksum of the checkpoint it belongs to)
@@ -107,6 +110,9 @@ class Checkpoint:
     kind: str = MODEL  # "model": the weights are a whole GPT; "adapter": extra weights on top of one
     base_checksum: str | None = None  # an adapter's base model: that checkpoint's checksum
     checksum: str | None = None  # "sha256:..." of these weights, as stored in the file
+    # The prompt template ({role: text with one {content} slot}, chat_template.py) of the instruction
+    # data the model was fine-tuned on; None for a model that was not (it only continues text).
+    chat_template: dict | None = None
 
     def build_model(self, device: torch.device | str = "cpu") -> GPT:
         if self.kind != MODEL:
@@ -243,11 +249,13 @@ def save_checkpoint(
     val_loss: float | None = None,
     train_config: dict | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    chat_template: dict | None = None,
 ) -> str:
     """Write the checkpoint atomically; returns its checksum ("sha256:..."). The weights are
-    `model`'s, or `state_dict` when given (the full weights gathered from a sharded model)."""
+    `model`'s, or `state_dict` when given (the full weights gathered from a sharded model).
+    `chat_template`: the prompt template of the instruction data it trained on, if any."""
     tensors = dict(model.state_dict() if state_dict is None else state_dict)
-    return _write(path, tensors, model.config, tokenizer_spec, step, train_loss, val_loss, train_config, MODEL)
+    return _write(path, tensors, model.config, tokenizer_spec, step, train_loss, val_loss, train_config, MODEL, chat_template=chat_template)
 
 
 def save_adapter(
@@ -258,16 +266,22 @@ def save_adapter(
     train_loss: float | None = None,
     val_loss: float | None = None,
     train_config: dict | None = None,
+    chat_template: dict | None = None,
 ) -> str:
     """Write an adapter's own `weights` (e.g. LoRA's low-rank matrices) as a checkpoint of kind
     "adapter" that belongs to `base` (a full model's checkpoint, loaded or peeked from its file): it
     records the base's model config, tokenizer and checksum. Returns the adapter's checksum."""
     if base.kind != MODEL or base.checksum is None:
         raise ValueError("an adapter's base must be a full model's checkpoint, read from its file")
-    return _write(path, dict(weights), base.model_config, base.tokenizer_spec, step, train_loss, val_loss, train_config, ADAPTER, base.checksum)
+    return _write(
+        path, dict(weights), base.model_config, base.tokenizer_spec, step, train_loss, val_loss, train_config, ADAPTER, base.checksum,
+        chat_template,
+    )
 
 
-def _write(path, tensors, model_config, tokenizer_spec, step, train_loss, val_loss, train_config, kind, base_checksum=None) -> str:
+def _write(
+    path, tensors, model_config, tokenizer_spec, step, train_loss, val_loss, train_config, kind, base_checksum=None, chat_template=None
+) -> str:
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -283,6 +297,8 @@ def _write(path, tensors, model_config, tokenizer_spec, step, train_loss, val_lo
     }
     if base_checksum is not None:
         metadata["base_checksum"] = base_checksum
+    if chat_template is not None:  # metadata, not weights: the checksum covers the tensors only
+        metadata["chat_template"] = json.dumps(chat_template, ensure_ascii=False)
     atomic_write_bytes(path, _serialize(tensors, metadata))
     return metadata["checksum"]
 
@@ -313,6 +329,7 @@ def _checkpoint_from(path: Path, metadata: dict[str, str], tensors: dict[str, to
             kind=kind,
             base_checksum=_base_checksum(metadata, kind),
             checksum=metadata.get("checksum"),
+            chat_template=_chat_template(metadata),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DamagedFile(path, f"has damaged metadata ({type(e).__name__}: {e})") from None
@@ -323,6 +340,16 @@ def _base_checksum(metadata: dict[str, str], kind: str) -> str | None:
     if kind == ADAPTER and not (base or "").startswith("sha256:"):
         raise ValueError("an adapter without the checksum of its base model")
     return base if kind == ADAPTER else None
+
+
+def _chat_template(metadata: dict[str, str]) -> dict | None:
+    if "chat_template" not in metadata:
+        return None
+    # Its shape only (chat_template.check_template, a stage's module, checks the slots where it is used).
+    template = json.loads(metadata["chat_template"])
+    if not isinstance(template, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in template.items()):
+        raise ValueError(f"chat_template is not a table of role texts: {metadata['chat_template'][:80]}")
+    return template
 
 
 def _model_config_from(text: str) -> ModelConfig:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from gptkit.chat_template import run_template
 from gptkit.checkpoint import Checkpoint, describe_tokenizer, load_checkpoint, save_adapter
 from gptkit.checkpoint_format import MODEL
 from gptkit.config import TrainConfig
@@ -88,6 +89,7 @@ class LoRAWeights(FullWeights):
         super().__init__(record)
         self.base, self.ft, self.out, self.data = base, ft, Path(cfg.out), cfg.data  # data: eval's default
         self.model: torch.nn.Module | None = None  # the LoRA model, once the transform has made it
+        self.chat_template = run_template(read_meta(cfg.data), base.chat_template)  # as train() records it
 
     def transform(self, model):
         self.model = apply_lora(model, self.ft.lora_targets, self.ft.lora_rank, self.ft.lora_alpha, self.ft.lora_dropout)
@@ -100,7 +102,7 @@ class LoRAWeights(FullWeights):
         super().saved(out, step, weights, train_loss, val_loss, is_best)
         path = adapter_step_path(out, step)
         config = {"data": self.data, "lora": self.ft.lora_settings(), "finetune": self.record}
-        save_adapter(path, lora_state_dict(self.model, weights), self.base, step, train_loss, val_loss, config)
+        save_adapter(path, lora_state_dict(self.model, weights), self.base, step, train_loss, val_loss, config, self.chat_template)
         atomic_link(path, Path(out) / ADAPTER_NAME)
         kept = {p.step for p in saved_steps(out)}
         for old in Path(out, CHECKPOINT_DIR).glob("step_*.adapter.safetensors"):

@@ -28,9 +28,10 @@ from typing import Iterable, Iterator
 import torch
 
 from gptkit.devices import Runtime
+from gptkit.chat_template import apply_template, completion_end
 from gptkit.engine import Completion, Engine, TokenEvent, completion_of
 from gptkit.errors import GptkitError
-from gptkit.inference import load_model
+from gptkit.inference import LoadedModel, load_model
 from gptkit.model import GPT, KVCache
 from gptkit.sampling import SamplingParams
 from gptkit.tokenizers import Tokenizer
@@ -179,13 +180,31 @@ def open_engine(
 ) -> Engine:
     """An engine over the checkpoint's model (inference.load_model: the same --device/--dtype rules as
     eval). quantize="int8": the Linear layers as dynamically quantized int8, CPU only (quantize.py)."""
-    loaded = load_model(ckpt, device, dtype, adapter)
+    return engine_for(load_model(ckpt, device, dtype, adapter), batch_size, quantize)
+
+
+def engine_for(loaded: LoadedModel, batch_size: int = 8, quantize: str | None = None) -> Engine:
+    """An engine over a loaded model (open_engine without the loading)."""
     model = loaded.model
     if quantize is not None:
         from gptkit.quantize import quantize_model
 
         model = quantize_model(model, quantize, loaded.runtime.device)
     return Engine(model, loaded.tokenizer(), max_batch_size=batch_size, precision=loaded.runtime.dtype)
+
+
+def chat_prompt(loaded: LoadedModel, messages_or_question: str | list[dict], source: str | Path = "the model") -> tuple[str, str]:
+    """`sample --chat`: (the text to feed the model, the text that ends its answer) for a question (or a
+    conversation, chat_template.as_messages), rendered with the template the model was fine-tuned with
+    (loaded.chat_template). E.g. ("Question: 2+3\\nAnswer: ", "\\n") with the default template."""
+    template = loaded.chat_template
+    if template is None:
+        raise GptkitError(
+            f"{source} has no chat template: it was not fine-tuned on instruction data, so it does not know how a question is asked",
+            hint="fine-tune it on data from `gptkit prepare instructions` (gptkit finetune --data DIR), or continue a text with --prompt",
+        )
+    return apply_template(template, messages_or_question), completion_end(template)
+
 
 
 def sample_texts(
@@ -202,6 +221,7 @@ def sample_texts(
     adapter: str | Path | None = None,
     batch_size: int = 8,
     quantize: str | None = None,
+    chat: bool = False,
     **controls,
 ) -> Iterator[tuple[str, SampleStream]]:
     """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once;
@@ -209,11 +229,17 @@ def sample_texts(
 
     `controls`: any other SamplingParams field (top_p, min_p, repetition_penalty, frequency_penalty,
     presence_penalty, stop, logprobs). With a seed, sample i uses seed + i, and the same call gives
-    the same text on the same machine.
+    the same text on the same machine. chat=True: `prompt` is a question, rendered with the model's
+    chat template (chat_prompt), and each sample is the answer alone: it ends where the template ends
+    an answer (a stop string, never printed) or at <|endoftext|>.
     """
     if temperature < 0:
         raise GptkitError(f"--temperature must be >= 0 (got {temperature})")
-    engine = open_engine(ckpt, device, dtype, adapter, batch_size, quantize)
+    loaded = load_model(ckpt, device, dtype, adapter)
+    if chat:
+        prompt, answer_end = chat_prompt(loaded, prompt or "", adapter or ckpt)
+        controls["stop"] = tuple(controls.get("stop") or ()) + ((answer_end,) if answer_end else ())
+    engine = engine_for(loaded, batch_size, quantize)
     tokenizer = engine.tokenizer
     prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, engine.block_size)
     pump = _EventPump(engine)

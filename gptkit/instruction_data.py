@@ -1,6 +1,7 @@
 """Reading instruction data (written by instructions.py): examples -> padded rows with masked targets.
 
-A row is one example, from its first token, right-padded to the context T:
+A row is one example, from its first token, right-padded to the width T (the context, or the longest
+example when that is shorter: row_width):
 
     tokens   Question: 2+3\\nAnswer: 5\\n<eot>                      (n tokens, n <= T + 1)
     x        tokens[0 : n-1]            then pad_id   ... up to T     (B, T) int64
@@ -34,6 +35,15 @@ from gptkit.errors import GptkitError
 from gptkit.shards import Split, read_meta
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+
+
+def row_width(meta: dict, block_size: int) -> int:
+    """The T that training and evaluation pad rows to: the model's context, or less when every example
+    is shorter (meta.json "longest_example", n tokens -> n - 1 positions). Padding changes no loss and
+    no gradient, so a narrower row only saves work: a task of 30-token examples for a 64-token model
+    would otherwise spend half of every step on padding."""
+    longest = meta.get("longest_example")
+    return min(block_size, max(int(longest) - 1, 1)) if longest else block_size
 
 
 def is_instruction_data(meta: dict) -> bool:

@@ -131,13 +131,14 @@ def save_training_state(
     keep: int,
     is_best: bool,
     weights: dict[str, torch.Tensor] | None = None,
+    chat_template: dict | None = None,
 ) -> ResumePoint:
     """Save step `step` into the run folder `out`, keeping the newest `keep` steps (and the best).
     `weights` (else `model`'s) and `optimizer` (an optimizer or its state_dict) are what gets written:
-    under FSDP, the full tensors gathered from the ranks."""
+    under FSDP, the full tensors gathered from the ranks. `chat_template` goes into the checkpoint."""
     out = Path(out)
     point = step_paths(out, step)
-    checksum = save_checkpoint(point.checkpoint, model, tokenizer_spec, step, train_loss, val_loss, train_config, weights)
+    checksum = save_checkpoint(point.checkpoint, model, tokenizer_spec, step, train_loss, val_loss, train_config, weights, chat_template)
     save_resume_state(point.state, optimizer, step, rng, {**extra, "checkpoint_checksum": checksum})
     atomic_link(point.checkpoint, out / CKPT_NAME)
     if is_best:

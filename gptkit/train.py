@@ -45,13 +45,14 @@ import torch
 import torch.nn as nn
 
 from gptkit import distributed
+from gptkit.chat_template import run_template
 from gptkit.config import TrainConfig, to_toml
 from gptkit.devices import Runtime, compile_enabled, peak_flops
 from gptkit.checkpoint import Checkpoint
 from gptkit.errors import UsageError
 from gptkit.fileio import atomic_write_text
 from gptkit.fit import TrainingInterrupted, fit
-from gptkit.instruction_data import InstructionBatches, InstructionSplit, is_instruction_data
+from gptkit.instruction_data import InstructionBatches, InstructionSplit, is_instruction_data, row_width
 from gptkit.loader import RandomBatches, make_loader
 from gptkit.loss_guard import LossGuard
 from gptkit.model import GPT, ModelConfig
@@ -117,7 +118,8 @@ def eval_batches(split: Split, cfg: TrainConfig, block_size: int, ctx, meta: dic
 
     def batches():
         if meta is not None and is_instruction_data(meta):
-            source = InstructionLoader(InstructionSplit.open(cfg.data, split.name, meta), cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
+            width = row_width(meta, block_size)
+            source = InstructionLoader(InstructionSplit.open(cfg.data, split.name, meta), cfg.batch_size, width, cfg.seed + 1, ctx.rank, ctx.world_size)
         else:
             source = RandomBatches(split, cfg.batch_size, block_size, cfg.seed + 1, ctx.rank, ctx.world_size)
         return (source.next_batch() for _ in range(cfg.eval_iters))
@@ -143,7 +145,7 @@ def train_batches(plan: RunPlan, cfg: TrainConfig, ctx, runtime: Runtime):
     block_size = plan.model_config.block_size
     if is_instruction_data(plan.meta):
         split = InstructionSplit.open(cfg.data, "train", plan.meta)
-        return InstructionLoader(split, cfg.batch_size, block_size, cfg.seed, ctx.rank, ctx.world_size, pin)
+        return InstructionLoader(split, cfg.batch_size, row_width(plan.meta, block_size), cfg.seed, ctx.rank, ctx.world_size, pin)
     return make_loader(
         cfg.sampler, plan.splits["train"], cfg.batch_size, block_size, cfg.seed,
         ctx.rank, ctx.world_size, pin_memory=pin, eot_id=plan.meta.get("eot_id"),
@@ -244,12 +246,15 @@ def _train(
             sink.write(record)
 
     train_config_dict = asdict(cfg)
+    start = resumed or plan.init_from  # the weights the run started from, which may carry a template
+    chat_template = run_template(plan.meta, start.chat_template if start is not None else None)
 
     def write(saved: dict, train_loss, val_loss, is_best: bool) -> None:
         module_weights = saved["model"]
         saved = {**saved, "model": weights.to_checkpoint(module_weights)}
         write_to_run_folder(
-            out, saved, state.model, plan.meta["tokenizer"], train_loss, val_loss, train_config_dict, cfg.keep_checkpoints, is_best
+            out, saved, state.model, plan.meta["tokenizer"], train_loss, val_loss, train_config_dict, cfg.keep_checkpoints, is_best,
+            chat_template,
         )
         weights.saved(out, saved["step"], module_weights, train_loss, val_loss, is_best)
 

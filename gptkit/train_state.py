@@ -151,11 +151,11 @@ def from_resume_files(checkpoint: Checkpoint, resume: tuple[dict, int, dict[str,
 
 def write_to_run_folder(
     out: Path, state: dict, model, tokenizer_spec: dict, train_loss: float | None, val_loss: float | None,
-    train_config: dict, keep: int, is_best: bool,
+    train_config: dict, keep: int, is_best: bool, chat_template: dict | None = None,
 ) -> None:
     """Save a state_dict() as its step in the run folder (rank 0 only)."""
     weights, optimizer_state, step, rng, extra = to_resume_files(state)
     save_training_state(
         out, model, optimizer_state, tokenizer_spec, step, train_loss, val_loss, train_config,
-        rng, extra, keep, is_best, weights=weights,
+        rng, extra, keep, is_best, weights=weights, chat_template=chat_template,
     )

@@ -233,3 +233,11 @@ def test_prepare_instructions_cli(tmp_path, run_cli, char_tok):
     result = run_cli("prepare", "instructions", bad, "--tokenizer", tok_dir, "--out", tmp_path / "d2")
     assert result.code == 1 and "line 1" in result.stderr and "Traceback" not in result.output
     assert np.load(tmp_path / "d" / "train_trained.npy", allow_pickle=False).dtype == np.uint8
+
+
+def test_rows_are_as_wide_as_the_longest_example_when_the_context_is_wider():
+    from gptkit.instruction_data import row_width
+
+    assert row_width({"longest_example": 30}, 64) == 29  # 30 tokens: 29 inputs, 29 targets
+    assert row_width({"longest_example": 65}, 64) == 64  # as wide as the context, never wider
+    assert row_width({}, 64) == 64  # a folder that does not say: the context

@@ -39,7 +39,8 @@ class _Progress:
     "  gptkit sample --prompt 'ROMEO:' --max-new-tokens 200 --temperature 0.7 --seed 1\n\n"
     "  echo 'JULIET:' | gptkit sample --num-samples 3 --json\n\n"
     "  gptkit sample --prompt 'ROMEO:' --top-p 0.9 --stop '\\n\\n' --json --logprobs 3\n\n"
-    "  printf '{\"prompt\": \"ROMEO:\"}\\n{\"prompt\": \"JULIET:\", \"temperature\": 0}\\n' | gptkit sample --jsonl -",
+    "  printf '{\"prompt\": \"ROMEO:\"}\\n{\"prompt\": \"JULIET:\", \"temperature\": 0}\\n' | gptkit sample --jsonl -\n\n"
+    "  gptkit sample --ckpt out/ft --chat 'gentle' --temperature 0",
 )
 def sample(
     ckpt: Path = typer.Option(Path("out"), "--ckpt", help="Checkpoint to sample from: a .safetensors file or a run folder (its ckpt.safetensors)."),
@@ -49,6 +50,7 @@ def sample(
     jsonl: Optional[Path] = typer.Option(
         None, "--jsonl", metavar="FILE|-", help="Prompts as JSON lines ({\"prompt\": ..., optional settings}) from FILE or - (stdin); one JSON line out per sample."
     ),
+    chat: Optional[str] = typer.Option(None, "--chat", metavar="QUESTION", help="Ask a model fine-tuned on instructions this question (in its recorded template); print only the answer."),
     num_samples: int = typer.Option(1, "--num-samples", "-n", min=1, help="How many samples (of each prompt)."),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Tokens to generate per sample."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0 = greedy; <1 safer, >1 wilder."),
@@ -86,9 +88,14 @@ def sample(
     if quantize not in (None, "int8"):
         raise UsageError(f"--quantize must be int8 (got {quantize!r})")
     loading = dict(device=device, dtype=dtype, adapter=adapter, batch_size=batch_size, quantize=quantize)
+    if chat is not None and (prompt, prompt_file, jsonl) != (None, None, None):
+        raise UsageError("--chat is the prompt: give it without --prompt, --prompt-file or --jsonl")
     if jsonl is not None:
         return _sample_jsonl(ckpt, jsonl, num_samples, seed, controls, loading)
-    prompt = _read_prompt(prompt, prompt_file)
+    if chat is not None:  # the question, in the checkpoint's template; only the answer is printed
+        loading["chat"], prompt, echo = True, chat, False
+    else:
+        prompt = _read_prompt(prompt, prompt_file)
     _sample_one_prompt(ckpt, prompt, num_samples, seed, controls, loading, echo, as_json)
 
 
