@@ -80,18 +80,16 @@ def answers(ckpt: str | Path, questions: list[str], adapter: str | Path | None =
     checkpoint's template (or, for a model without one, the default template, which is what the
     fine-tuning data used), greedy tokens, cut where the template ends an answer."""
     from gptkit.chat_template import DEFAULT_TEMPLATE, apply_template, completion_end
-    from gptkit.generate import decode_stream, generate, until_stop
+    from gptkit.generate import engine_for
     from gptkit.inference import load_model
+    from gptkit.sampling import SamplingParams
 
     loaded = load_model(ckpt, device="cpu", adapter=adapter)
     template = loaded.chat_template or DEFAULT_TEMPLATE  # the base model was never told a template
-    tokenizer, stop = loaded.tokenizer(), completion_end(template)
-    replies = []
-    for question in questions:
-        ids = generate(loaded.model, tokenizer.encode(apply_template(template, question)), max_new_tokens, temperature=0,
-                       stop_id=tokenizer.eot_id)
-        replies.append("".join(until_stop(decode_stream(tokenizer, (i for i in ids if i != tokenizer.eot_id)), stop)))
-    return replies
+    engine = engine_for(loaded, batch_size=32)  # all questions decode together
+    greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, stop=tuple(filter(None, [completion_end(template)])))
+    prompts = [engine.tokenizer.encode(apply_template(template, question)) for question in questions]
+    return [completion.text for completion in engine.generate(prompts, greedy)]
 
 
 def exact_match(ckpt: str | Path, examples: list[dict], adapter: str | Path | None = None, max_new_tokens: int | None = None) -> float:
