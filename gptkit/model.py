@@ -277,9 +277,9 @@ class CausalSelfAttention(nn.Module):
             # gets every cached slot (B, H, S, D) and, for rows at different positions, the mask built
             # from positions by kv_cache.attention_mask.
             k, v = cache.write(self.layer_index, k, v)
-            mask, causal = cache.mask, cache.prefill
+            mask, causal = cache.mask_for(window=None), cache.prefill
         # softmax(q k^T / sqrt(D)) v in one fused kernel; training takes the is_causal fast path. A sliding
-        # window or ALiBi would pass attention_mask(q_pos, k_pos, window=...) (or a bias) here instead.
+        # window: cache.mask_for(window) here, attention_mask(pos, pos, window=...) without a cache.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, D)
