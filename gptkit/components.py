@@ -32,7 +32,7 @@ from gptkit.config import ModelConfig
 
 def as_positions(positions: int | torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
     """Positions of T new tokens: an int start -> (1, T) start..start+T-1; a (B, T) tensor as it is."""
-    if isinstance(positions, int):
+    if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
         return torch.arange(positions, positions + T, device=device)[None, :]
     return positions
 
@@ -71,7 +71,7 @@ class LearnedPosition(nn.Embedding):
     def add_to(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) embeddings -> x plus their position vectors. positions: an int start (every row at
         start..start+T-1) or each row's own positions (B, T) (a batch of rows of different lengths)."""
-        if isinstance(positions, int):
+        if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
             positions = torch.arange(positions, positions + x.size(1), device=x.device)  # (T,)
         return x + self(positions)  # (T, C) broadcast over the batch, or (B, T, C)
 
@@ -119,7 +119,7 @@ class Rotary(nn.Module):
         """x: (B, T, ..., D) -> the same shape, rotated. positions: an int start (every row at
         start..start+T-1) or each row's own positions (B, T)."""
         B, T = x.shape[:2]
-        if isinstance(positions, int):
+        if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
             shape = (T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D): broadcast over batch and heads
             cos, sin = self.cos[positions : positions + T].view(shape), self.sin[positions : positions + T].view(shape)
         else:
