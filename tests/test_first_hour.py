@@ -205,6 +205,12 @@ def test_compile_help_says_where_it_pays_off(run_cli):
     assert "pays off on GPUs" in " ".join(re.sub("[│╭╮╰╯─]", " ", r.stdout).split())
 
 
+def _ctrl_c_as_in_a_terminal():
+    """A child started by a shell in the background (`pytest &`, nohup) inherits SIGINT ignored, and
+    gptkit keeps an ignored Ctrl-C ignored; the test is about a terminal's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.4, 1.0, 2.0, 3.0, "banner"])
 def test_ctrl_c_while_train_starts_leaves_no_empty_run_folder(delay, tiny_data, tmp_path):
     """Ctrl-C at any moment of the start (imports, checks, building the model, the first steps):
@@ -220,7 +226,8 @@ def test_ctrl_c_while_train_starts_leaves_no_empty_run_folder(delay, tiny_data, 
     out = tmp_path / "run"
     args = ["train", *TINY_TRAIN_ARGS, "--data", tiny_data, "--out", out, "--max-iters", "100000", "--eval-interval", "50000"]
     process = subprocess.Popen([sys.executable, "-m", "gptkit", *map(str, args)], cwd=REPO_ROOT, env=subprocess_env(),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_ctrl_c_as_in_a_terminal)
     if delay == "banner":
         seen = ""
         while "schedule:" not in seen:

@@ -44,12 +44,16 @@ SKIPPED = {
     "gptkit train --preset shakespeare-char-cpu --out out/job --resume-auto": SLOW,
     "gptkit finetune --ckpt out/ --data data/tasks --out out/ft --lora-rank 8": "slow on a CPU: 500 fine-tuning iterations",
     "gptkit finetune --ckpt out/ --data data/new-text --out out/ft-full --freeze-embeddings": "slow on a CPU: 500 fine-tuning iterations",
-    "gptkit sample --ckpt out/ft/ckpt.safetensors": "samples the fine-tuned model of the slow line above",
     "gptkit eval --ckpt out/ckpt.safetensors --adapter out/ft/adapter.safetensors": "needs the adapter of the slow LoRA line above",
     "gptkit eval --ckpt out/best.safetensors --split train --json": "slow on a CPU: walks the whole 1M-token train split",
     "gptkit eval": "the set-up's own last step (examples/shakespeare.sh evaluates its checkpoint the same way)",
     "gptkit sample": "the same as `gptkit sample --ckpt out/ckpt.safetensors`, run below",
     "gptkit prepare shakespeare": "the set-up's own first step (examples/shakespeare.sh runs it)",
+    'gptkit sample --ckpt out/ft/ckpt.safetensors --chat "2+3" --temperature 0': "asks the fine-tuned model of the slow LoRA line above",
+    "gptkit serve --ckpt out/ft/ckpt.safetensors": "a server that runs until stopped, on the fine-tuned model of the slow line above "
+    "(tests/test_serve.py starts one and calls it with the openai client)",
+    "gptkit ablate --vary mlp=gelu,swiglu --max-iters 200 --lr-decay-iters 200 --out out/ablate-mlp": "slow on a CPU: 6 runs of 200 iterations (tests/test_ablate.py runs a tiny ablation)",
+    "gptkit ablate --vary optimizer=adamw,muon --seeds 1,7,42 --out out/ablate-opt": "slow on a CPU: 6 runs of the full preset",
     # The set-up's preset (rotary positions, LayerNorm, SwiGLU) is neither GPT-2 nor Llama: export refuses
     # it by name, as the README says; tests/test_export_*.py export models of both families.
     **{f"gptkit export --ckpt out/ckpt.safetensors --format {rest}": EXPORT for rest in (
@@ -63,7 +67,15 @@ RUN = [
     "gptkit train --print-config > my.toml",
     "gptkit sample --ckpt out/ckpt.safetensors",
     'gptkit sample --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.7 --top-k 50 --seed 1',
+    'gptkit sample --prompt "ROMEO:" --top-p 0.9 --repetition-penalty 1.2 --stop "\\n\\n"',
     'echo "JULIET:" | gptkit sample --num-samples 3 --json | jq -r .completion',
+    'gptkit sample --prompt "ROMEO:" --json --logprobs 3',
+    "gptkit sample --jsonl prompts.jsonl > outputs.jsonl",
+    "gptkit inspect --ckpt out/",
+    "gptkit inspect --preset gpt2-124m --vocab-size 50257 --batch-size 12 --dtype bfloat16",
+    'gptkit inspect --ckpt out/ --attention "ROMEO: But soft" --out attention/ --layer 1 --head 2',
+    'gptkit inspect --ckpt out/ --next-token "ROMEO: But so"',
+    "gptkit inspect --compare shakespeare-char-cpu out/",
     "gptkit tokenize train --kind bpe --vocab-size 4096 input.txt --out tok/",
     "gptkit tokenize train --kind sp-unigram --vocab-size 4096 corpus/ --out tok-sp/",
     "gptkit tokenize train --kind char --unk input.txt --out tok-char/",
@@ -79,7 +91,7 @@ RUN = [
     "gptkit report out/lr-1e-3 out/lr-3e-3 --png compare.png > compare.md",
 ]
 NEEDS = {  # modules a command needs beyond the core (extras); missing ones skip it
-    "sp-unigram": ["sentencepiece"], "gptkit report": ["matplotlib"],
+    "sp-unigram": ["sentencepiece"], "gptkit report": ["matplotlib"], "--attention": ["matplotlib"],
 }
 
 
@@ -114,6 +126,7 @@ def _make_the_readers_files(folder: Path, shakespeare: str) -> None:
         (folder / sub).mkdir()
         for i in range(2):
             (folder / sub / f"part{i}.txt").write_text(shakespeare[start + i * 10_000 : start + (i + 1) * 10_000], encoding="utf-8")
+    (folder / "prompts.jsonl").write_text('{"prompt": "ROMEO:"}\n{"prompt": "JULIET:", "temperature": 0, "max_new_tokens": 20}\n', encoding="utf-8")
     lines = [l for l in shakespeare.splitlines() if l.strip()][:200]
     with open(folder / "tasks.jsonl", "w", encoding="utf-8") as f:
         for prompt, completion in zip(lines[::2], lines[1::2]):

@@ -106,6 +106,7 @@ def test_ctrl_c_ends_the_line_and_says_what_stopped(tiny_run, tmp_path):
         [sys.executable, "-m", "gptkit", "sample", "--ckpt", str(tiny_run.ckpt), "--device", "cpu",
          "--max-new-tokens", "1000000", "--prompt", "The ", "--num-samples", "2", "--no-stop-at-eot"],
         cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under `pytest &`
     )
     first = process.stdout.read(10)  # text is streaming
     time.sleep(0.3)
