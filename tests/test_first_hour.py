@@ -4,6 +4,7 @@ is read, "not a checkpoint" said the same way by every command, and the messages
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
