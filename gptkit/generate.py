@@ -1,5 +1,9 @@
 """Stage 4, `gptkit sample`: text from a checkpoint.
 
+`generate` below is the textbook loop, one token at a time, to read; `sample_texts` (what `gptkit sample`
+runs) and `complete_requests` (its --jsonl) run on the batched engine (engine.py), where speed lives and
+every sampling control of sampling.py is available.
+
 Autoregressive sampling: feed the prompt, turn the last position's logits into a probability
 distribution, draw the next token, append it, repeat. Two knobs shape the distribution:
 
@@ -11,21 +15,24 @@ A KV cache (see model.KVCache) keeps the keys and values of earlier positions, s
 one position's work instead of the whole prefix. Once the text outgrows the context window, the model
 sees only the last block_size tokens, and the cache is rebuilt for each new window.
 
-sample_texts loads the model with inference.load_model, so `--dtype auto` means what it means for
+The engine loads the model with inference.load_model, so `--dtype auto` means what it means for
 eval and training: float32 on a CPU, bfloat16 (or float16 on older GPUs) autocast on a GPU.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
 from gptkit.devices import Runtime
+from gptkit.engine import Completion, Engine, TokenEvent, completion_of
 from gptkit.errors import GptkitError
 from gptkit.inference import load_model
 from gptkit.model import GPT, KVCache
+from gptkit.sampling import SamplingParams
 from gptkit.tokenizers import Tokenizer
 
 
@@ -123,6 +130,64 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, block_size: int) -> 
     return prompt, ids
 
 
+class SampleStream:
+    """One sample's text pieces, yielded as they are generated (an iterator); once it is exhausted, how
+    the sample ended: finish_reason ("stop": <|endoftext|> or a stop string; "length"), ended_at_eot,
+    token_ids, and logprobs / top_logprobs when asked for."""
+
+    def __init__(self, pump: _EventPump, request_id: int, tokenizer: Tokenizer):
+        self._pump, self._id, self._eot = pump, request_id, tokenizer.eot_id
+        self.decode = tokenizer.decode
+        self.finish_reason: str | None = None
+        self.ended_at_eot = False
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.top_logprobs: list = []
+
+    def __iter__(self) -> Iterator[str]:
+        while self.finish_reason is None:
+            event = self._pump.next_event(self._id)
+            if event.token_id is not None:
+                self.token_ids.append(event.token_id)
+                self.logprobs.append(event.logprob)
+                self.top_logprobs.append(event.top_logprobs)
+            self.finish_reason = event.finish_reason
+            self.ended_at_eot = event.finish_reason == "stop" and event.token_id == self._eot
+            if event.text:
+                yield event.text
+
+
+class _EventPump:
+    """Steps the engine until a given request has an event, keeping the others' events for later: the
+    first sample streams live while the rest decode beside it."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.queues: dict[int, deque[TokenEvent]] = {}
+
+    def next_event(self, request_id: int) -> TokenEvent:
+        queue = self.queues.setdefault(request_id, deque())
+        while not queue:
+            for event in self.engine.step():
+                self.queues.setdefault(event.request_id, deque()).append(event)
+        return queue.popleft()
+
+
+def open_engine(
+    ckpt: str | Path, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = None,
+    batch_size: int = 8, quantize: str | None = None,
+) -> Engine:
+    """An engine over the checkpoint's model (inference.load_model: the same --device/--dtype rules as
+    eval). quantize="int8": the Linear layers as dynamically quantized int8, CPU only (quantize.py)."""
+    loaded = load_model(ckpt, device, dtype, adapter)
+    model = loaded.model
+    if quantize is not None:
+        from gptkit.quantize import quantize_model
+
+        model = quantize_model(model, quantize, loaded.runtime.device)
+    return Engine(model, loaded.tokenizer(), max_batch_size=batch_size, precision=loaded.runtime.dtype)
+
+
 def sample_texts(
     ckpt: str | Path,
     prompt: str | None = None,
@@ -135,24 +200,57 @@ def sample_texts(
     stop_at_eot: bool = True,
     dtype: str = "auto",
     adapter: str | Path | None = None,
-) -> Iterator[tuple[str, Iterator[str]]]:
-    """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once.
+    batch_size: int = 8,
+    quantize: str | None = None,
+    **controls,
+) -> Iterator[tuple[str, SampleStream]]:
+    """For each sample, yield (prompt text, stream of generated text pieces). Loads the checkpoint once;
+    the samples decode together on the engine (up to `batch_size` at a time) from one shared prefill.
 
-    With a seed, the same call gives the same text on the same machine.
+    `controls`: any other SamplingParams field (top_p, min_p, repetition_penalty, frequency_penalty,
+    presence_penalty, stop, logprobs). With a seed, sample i uses seed + i, and the same call gives
+    the same text on the same machine.
     """
     if temperature < 0:
         raise GptkitError(f"--temperature must be >= 0 (got {temperature})")
-    loaded = load_model(ckpt, device, dtype, adapter)
-    model, tokenizer = loaded.model, loaded.tokenizer()
-    prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size)
-    generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    stop_id = tokenizer.eot_id if stop_at_eot else None
-    for _ in range(num_samples):
-        ids = generate(model, prompt_ids, max_new_tokens, temperature, top_k, generator, stop_id, loaded.runtime.dtype)
-        if stop_id is not None:
-            ids = (i for i in ids if i != stop_id)
-        yield prompt_text, decode_stream(tokenizer, ids)
+    engine = open_engine(ckpt, device, dtype, adapter, batch_size, quantize)
+    tokenizer = engine.tokenizer
+    prompt_text, prompt_ids = encode_prompt(tokenizer, prompt, engine.block_size)
+    pump = _EventPump(engine)
+    streams = []
+    for index in range(num_samples):
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, stop_at_eot=stop_at_eot,
+            seed=None if seed is None else seed + index, **controls,
+        )
+        streams.append(SampleStream(pump, engine.add_request(prompt_ids, params), tokenizer))
+    for stream in streams:
+        yield prompt_text, stream
+
+
+def complete_requests(engine: Engine, requests: Iterable[tuple[list[int], SamplingParams]]) -> Iterator[Completion]:
+    """Completions of `requests` (prompt ids, params), in their order, decoded together: requests are
+    read only as rows free up (at most twice the batch ahead), so an endless input streams."""
+    pending: deque[int] = deque()
+    done: dict[int, list[TokenEvent]] = {}
+    inputs: dict[int, tuple[list[int], SamplingParams]] = {}
+    source = iter(requests)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < 2 * engine.max_batch_size:
+            item = next(source, None)
+            if item is None:
+                exhausted = True
+                break
+            request_id = engine.add_request(*item)
+            pending.append(request_id)
+            inputs[request_id], done[request_id] = item, []
+        if not pending:
+            return
+        while pending and done[pending[0]] and done[pending[0]][-1].finish_reason is not None:
+            request_id = pending.popleft()
+            prompt_ids, params = inputs.pop(request_id)
+            yield completion_of(prompt_ids, params, done.pop(request_id))
+        if pending:
+            for event in engine.step():
+                done[event.request_id].append(event)

@@ -38,8 +38,9 @@ plus its name in config.COMPONENT_CHOICES:
 The loss skips targets equal to IGNORE_INDEX (-100: prompt tokens, padding) and can be summed
 (`reduction="sum"`) so a training loop weighs every valid token of an optimizer step alike.
 
-`generate.py` drives this model with a KV cache: `forward(idx, cache=...)` appends the keys and
-values of the new positions to the cache instead of recomputing the whole prefix.
+`generate.py` and `engine.py` drive this model with a KV cache (kv_cache.py): `forward(idx, cache=...)`
+writes the keys and values of the new positions into the cache, in place, instead of recomputing the
+whole prefix; each row of the batch has its own positions (B, T), which both position schemes take.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from gptkit.config import ModelConfig  # the config lives in a torch-free module (fast --help)
+from gptkit.kv_cache import KVCache, attention_mask  # noqa: F401  (KVCache: part of this module's API)
 
 
 # A target id that the loss skips (prompt tokens, padding): PyTorch's cross_entropy convention.
@@ -79,34 +81,6 @@ def shapes_only():
     its compiler stack, seconds to import). Loaders use it to check and receive a file's weights."""
     with torch.device("meta"), _SkipInit():
         yield
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, one (k, v) pair per layer.
-
-    Each tensor is (B, H, T_seen, D). Generation appends one position at a time, so attention of the
-    new token costs O(T) instead of recomputing the O(T^2) attention of the whole prefix.
-    """
-
-    def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
-
-    def layer_length(self, layer: int) -> int:
-        past = self.layers[layer]
-        return 0 if past is None else past[0].size(2)
-
-    @property
-    def length(self) -> int:
-        """Positions cached so far (read before a forward pass: layers fill one after another)."""
-        return self.layer_length(0)
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        past = self.layers[layer]
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        self.layers[layer] = (k, v)
-        return k, v
 
 
 # --- swappable components -----------------------------------------------------------------------------
@@ -140,10 +114,12 @@ class LearnedPosition(nn.Embedding):
     def __init__(self, config: ModelConfig):
         super().__init__(config.block_size, config.n_embd)
 
-    def add_to(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x: (B, T, C) embeddings of positions start..start+T-1 -> x plus their position vectors."""
-        positions = torch.arange(start, start + x.size(1), device=x.device)  # (T,)
-        return x + self(positions)  # (T, C) broadcast over the batch
+    def add_to(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C) embeddings -> x plus their position vectors. positions: an int start (every row at
+        start..start+T-1) or each row's own positions (B, T) (a batch of rows of different lengths)."""
+        if isinstance(positions, int):
+            positions = torch.arange(positions, positions + x.size(1), device=x.device)  # (T,)
+        return x + self(positions)  # (T, C) broadcast over the batch, or (B, T, C)
 
 
 class Rotary(nn.Module):
@@ -184,11 +160,16 @@ class Rotary(nn.Module):
         sin = angles.sin()
         self.register_buffer("sin", torch.stack((-sin, sin), dim=-1).flatten(-2), persistent=False)  # (block_size, D)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x: (B, T, ..., D) at positions start..start+T-1 -> the same shape, rotated."""
-        T = x.size(1)
-        shape = (T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D): broadcast over batch and heads
-        cos, sin = self.cos[start : start + T].view(shape), self.sin[start : start + T].view(shape)
+    def forward(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
+        """x: (B, T, ..., D) -> the same shape, rotated. positions: an int start (every row at
+        start..start+T-1) or each row's own positions (B, T)."""
+        B, T = x.shape[:2]
+        if isinstance(positions, int):
+            shape = (T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D): broadcast over batch and heads
+            cos, sin = self.cos[positions : positions + T].view(shape), self.sin[positions : positions + T].view(shape)
+        else:
+            shape = (B, T, *[1] * (x.dim() - 3), -1)  # (B, T, 1.., D): each row its own angles
+            cos, sin = self.cos[positions].view(shape), self.sin[positions].view(shape)
         x32 = x.float()  # rotate in float32 whatever the autocast dtype, as the complex form did
         pairs = x32.unflatten(-1, (-1, 2))  # (B, T, ..., D/2, 2)
         swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) for each (a, b)
@@ -282,27 +263,25 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v, each split into heads
-        past_length = cache.layer_length(self.layer_index) if cache is not None else 0
+        positions = cache.positions if cache is not None else 0  # int start, or each row's (B, T)
         if self.rotary is not None:  # positions enter here, not at the embedding
-            q, k = self.rotary(qkv[:, :, :2], past_length).unbind(2)  # queries and keys turn together
+            q, k = self.rotary(qkv[:, :, :2], positions).unbind(2)  # queries and keys turn together
             v = qkv[:, :, 2]
         else:
             q, k, v = qkv.unbind(2)  # 3 x (B, T, H, D)
         # (B, T, H, D) -> (B, H, T, D): each head attends independently.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        mask, causal = None, True
         if cache is not None:
-            k, v = cache.append(self.layer_index, k, v)  # (B, H, past + T, D)
-            # A single new token may attend to every cached position: no mask needed. A longer chunk
-            # is only allowed on an empty cache (the prompt), where the usual causal mask applies.
-            if past_length > 0 and T > 1:
-                raise ValueError("KVCache: feed one token at a time after the prompt")
-            is_causal = past_length == 0 and T > 1
-        else:
-            is_causal = True
-
-        # softmax(q k^T / sqrt(D)) v, with the causal mask, in one fused kernel.
+            # Stored in place. A prefill gets its own k, v back (causal, as in training); a decode step
+            # gets every cached slot (B, H, S, D) and, for rows at different positions, the mask built
+            # from positions by kv_cache.attention_mask.
+            k, v = cache.write(self.layer_index, k, v)
+            mask, causal = cache.mask, cache.prefill
+        # softmax(q k^T / sqrt(D)) v in one fused kernel; training takes the is_causal fast path. A sliding
+        # window or ALiBi would pass attention_mask(q_pos, k_pos, window=...) (or a bias) here instead.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.proj(y))
@@ -403,6 +382,30 @@ class GPT(nn.Module):
             n -= self.position_embedding.weight.numel()
         return n
 
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final norm's output (B, T, C): everything but the output layer. Generation
+        calls this and output_logits separately, to compute the logits of the last positions only."""
+        B, T = idx.shape
+        if cache is None and T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        if cache is not None:  # each row continues at its own length (see kv_cache.py)
+            cache.begin(B, T, self.config.block_size, idx.device)
+        x = self.token_embedding(idx)  # (B, T, C)
+        if self.position_embedding is not None:
+            x = self.position_embedding.add_to(x, cache.positions if cache is not None else 0)  # + (T, C) or (B, T, C)
+        x = self.embedding_dropout(x)
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.end(T)
+        return self.final_norm(x)
+
+    def output_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) -> logits (..., padded_vocab_size)."""
+        if self.lm_head is None:
+            return F.linear(x, self.token_embedding.weight)  # tied: (..., C) @ (C, V)
+        return self.lm_head(x)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -421,20 +424,7 @@ class GPT(nn.Module):
         The loss is over all padded logits, as in nanoGPT: the padded ids are never targets, so training
         drives their probability towards zero without a mask on the hot path."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
-        x = self.token_embedding(idx)  # (B, T, C)
-        if self.position_embedding is not None:
-            x = self.position_embedding.add_to(x, start)  # (B, T, C) + (T, C)
-        x = self.embedding_dropout(x)
-        for block in self.blocks:
-            x = block(x, cache)
-        x = self.final_norm(x)
-        if self.lm_head is None:
-            logits = F.linear(x, self.token_embedding.weight)  # tied: (B, T, C) @ (C, V)
-        else:
-            logits = self.lm_head(x)
+        logits = self.output_logits(self.hidden_states(idx, cache))  # (B, T, padded_vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

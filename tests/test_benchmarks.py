@@ -57,3 +57,19 @@ def test_finetune_benchmark_compares_full_and_lora():
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
     assert report["checks"]["optimizer state <= 2% of full's"]
     assert lora["optimizer_state_bytes"] == 8 * lora["trainable_params"]  # AdamW: two float32 moments each
+
+
+def test_generation_benchmark_runs_every_method_in_its_quickest_mode():
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "generate.py"), "--quick", "--models", "small", "--batches", "1,8",
+         "--quantize", "--json"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    small = report["results"]["small"]
+    for batch in ("1", "8"):
+        assert set(small[batch]) == {"gptkit engine", "gptkit no cache", "transformers", "nanoGPT loop"}
+        assert all(rate > 0 for rate in small[batch].values())
+    assert small["engine_b8_vs_transformers_b1"] > 0 and report["int8"]["small"]["speedup"] > 0
+    assert "| small | 8 | 12 | transformers |" in done.stdout

@@ -134,9 +134,9 @@ def test_sample_texts_without_prompt_starts_from_a_newline(tiny_run):
 
 def test_sample_texts_stops_at_eot_and_hides_it(tiny_run, monkeypatch):
     eot = load_checkpoint(tiny_run.ckpt).tokenizer().eot_id
-    import gptkit.generate
+    import gptkit.engine  # sample_texts runs on the engine, which picks tokens with engine.choose
 
-    monkeypatch.setattr(gptkit.generate, "next_token", lambda logits, t, k, g: torch.tensor([[eot]]))
+    monkeypatch.setattr(gptkit.engine, "choose", lambda logits, *args: torch.full((logits.size(0), 1), eot))
     assert sample(tiny_run.ckpt, prompt="a", max_new_tokens=5) == [("a", "")]
     assert sample(tiny_run.ckpt, prompt="a", max_new_tokens=3, stop_at_eot=False) == [("a", "<|endoftext|>" * 3)]
 

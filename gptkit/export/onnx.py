@@ -9,8 +9,9 @@
 
 Both are traced by torch.onnx.export (the dynamo exporter, torch >= 2.9) from the gptkit model itself,
 so the graph is the model's own code. The cache graph needs one thing gptkit's KVCache cannot give: the
-cache as plain tensors. `CachedForward` therefore runs the model's own layers (norms, projections,
-rotary, MLP) with the concatenation and the causal mask written for tensors (see its docstring).
+cache as tensors in and out of the graph (gptkit's is preallocated and written in place, with host-side
+lengths). `CachedForward` therefore runs the model's own layers (norms, projections, rotary, MLP) and its
+mask function (kv_cache.attention_mask) with the concatenation written for tensors (see its docstring).
 Vocabulary padding is cut off inside the graph: the logits have exactly vocab_size columns.
 """
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from gptkit.errors import GptkitError
 from gptkit.export.source import ExportSource
+from gptkit.kv_cache import attention_mask
 
 
 class Logits(nn.Module):
@@ -62,7 +64,8 @@ class CachedForward(nn.Module):
         x = model.token_embedding(input_ids)  # (B, T, C)
         if model.position_embedding is not None:
             x = model.position_embedding.add_to(x, P)  # learned positions P..P+T-1
-        seen = torch.arange(P + T, device=input_ids.device)[None, :] <= (P + torch.arange(T, device=input_ids.device))[:, None]
+        # The model's own mask function, from positions: query i at P + i sees keys 0..P + i.
+        seen = attention_mask(P + torch.arange(T, device=input_ids.device)[None, :], torch.arange(P + T, device=input_ids.device)[None, :])
         keys, values = [], []
         for layer, block in enumerate(model.blocks):
             attn = block.attn
@@ -77,7 +80,7 @@ class CachedForward(nn.Module):
             v = torch.cat([past_values[layer], v], dim=2)
             keys.append(k)
             values.append(v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)  # (T, P + T) broadcast over B, H
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)  # (1, 1, T, P + T) broadcast over B, H
             x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
             x = x + block.mlp(block.mlp_norm(x))
         x = model.final_norm(x)
