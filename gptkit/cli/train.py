@@ -48,7 +48,7 @@ def train(
     init_from: Optional[str] = typer.Option(
         None, "--init-from", metavar="PATH",
         help="Start from these weights (and their model config): a gptkit checkpoint or run folder, a Hugging Face "
-        "GPT-2 folder, or gpt2 | gpt2-medium | gpt2-large | gpt2-xl (downloaded once; gptkit[hf]). With --max-iters 0 "
+        "GPT-2 or Llama folder (a `gptkit export --format hf` folder too), or gpt2 | gpt2-medium | gpt2-large | gpt2-xl (downloaded once; gptkit[hf]). With --max-iters 0 "
         "it converts only: --out gets the imported model as ckpt.safetensors.",
     ),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (TOML) and exit."),

@@ -5,7 +5,7 @@
     DIR/tokenizer.json (+ tokenizer_config.json)    see tokenizer_files.py
     DIR/generation_config.json   bos/eos ids
     DIR/README.md                a model card: what it is, how it was trained, its val loss
-    DIR/gptkit.json              gptkit's tokenizer spec, step, val loss, train config: what read_hf_folder needs
+    DIR/gptkit.json              gptkit's tokenizer spec, model config, step, val loss, train config
 
 Layout changes on the way (the rest is renaming):
   * GPT-2: exact GELU is transformers' "gelu", the tanh form (gelu_approximate = "tanh") "gelu_new".
@@ -17,8 +17,9 @@ Layout changes on the way (the rest is renaming):
     values and the output projection keep their order.
   * The fused matrices are cut: qkv -> q, k, v; SwiGLU's fc -> gate (first half), up (second half).
 
-`read_hf_folder` undoes all of it: an exported folder comes back as a gptkit Checkpoint (weights, model
-config, tokenizer spec, val loss), ready for `Checkpoint.build_model` or a run's init_from (round trip).
+The way back is gptkit/hf_import.py (with hf_llama.py), the reader of every Hugging Face folder: an
+exported folder comes back as the model that was exported (`gptkit train --init-from DIR`), and
+`read_hf_folder` adds the step and val loss gptkit.json recorded (a gptkit Checkpoint).
 """
 
 from __future__ import annotations
@@ -30,23 +31,9 @@ import torch
 
 from gptkit.errors import GptkitError
 from gptkit.export.source import NORM_EPS, ROPE_BASE, ExportSource
+from gptkit.hf_llama import pairs_to_halves  # gptkit's rotary pairs -> HF's halves (and back: hf_llama.py)
 
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2's (in, out) layers
-
-
-def pairs_to_halves(weight: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Rows of W_q or W_k (C, C_in), per head [c0, c1, c2, c3, ...] -> [c0, c2, ..., c1, c3, ...]."""
-    C, C_in = weight.shape
-    D = C // n_head
-    # (H, D/2, 2, C_in): pair index, then even/odd member; swap to (H, 2, D/2, C_in).
-    return weight.view(n_head, D // 2, 2, C_in).transpose(1, 2).reshape(C, C_in)
-
-
-def halves_to_pairs(weight: torch.Tensor, n_head: int) -> torch.Tensor:
-    """The inverse of pairs_to_halves."""
-    C, C_in = weight.shape
-    D = C // n_head
-    return weight.view(n_head, 2, D // 2, C_in).transpose(1, 2).reshape(C, C_in)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,8 +186,9 @@ def export_hf(source: ExportSource, out: Path, dtype: torch.dtype) -> Path:
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     write_tokenizer_files(source.tokenizer, out, source.config.block_size)
     # What transformers' files cannot say: gptkit's exact tokenizer and the run's numbers.
-    ours = {"format": "gptkit.hf-export", "tokenizer": source.tokenizer.spec(), "step": source.step,
-            "val_loss": source.val_loss, "train_config": source.train_config}
+    # model_config: what config.json cannot say, e.g. that a GPT-2's zero biases stand for none (hf_import).
+    ours = {"format": "gptkit.hf-export", "tokenizer": source.tokenizer.spec(), "model_config": source.config.to_dict(),
+            "step": source.step, "val_loss": source.val_loss, "train_config": source.train_config}
     (out / "gptkit.json").write_text(json.dumps(ours, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "README.md").write_text(model_card(source), encoding="utf-8")
     return out
@@ -211,77 +199,23 @@ def export_hf(source: ExportSource, out: Path, dtype: torch.dtype) -> Path:
 
 
 def read_hf_folder(folder: str | Path):
-    """A folder written by export_hf -> a gptkit Checkpoint (weights in float32; vocabulary unpadded)."""
-    from safetensors.torch import load_file
-
+    """A folder written by export_hf -> a gptkit Checkpoint (weights in float32; vocabulary unpadded),
+    with the step, val loss and train config gptkit.json recorded. The weights, model config and
+    tokenizer come through hf_import, which `train --init-from DIR` uses too."""
     from gptkit.checkpoint import Checkpoint
+    from gptkit.hf_import import import_hf_folder
+    from gptkit.tokenizers.hf_folder import export_record
 
     folder = Path(folder)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        weights = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
-        ours = json.loads((folder / "gptkit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    ours = export_record(folder) if folder.is_dir() else None
+    if ours is None or not (folder / "model.safetensors").is_file():
         raise GptkitError(
-            f"{folder} is not a folder written by `gptkit export --format hf` ({e})",
-            hint="it needs config.json, model.safetensors and gptkit.json",
-        ) from None
-    model, state = _gptkit_weights(folder, config, weights)
+            f"{folder} is not a folder written by `gptkit export --format hf`",
+            hint="it needs config.json, model.safetensors and gptkit.json; other Hugging Face folders go through "
+            "`gptkit train --init-from DIR`",
+        )
+    model, state, spec = import_hf_folder(folder)
     return Checkpoint(
-        model_config=model, tokenizer_spec=ours["tokenizer"], state_dict=state, step=ours.get("step", 0),
+        model_config=model, tokenizer_spec=spec, state_dict=state, step=ours.get("step", 0),
         val_loss=ours.get("val_loss"), train_config=ours.get("train_config", {}),
     )
-
-
-def _gptkit_weights(folder: Path, config: dict, weights: dict[str, torch.Tensor]):
-    """transformers' names and layouts -> (ModelConfig, gptkit state dict)."""
-    from gptkit.config import ModelConfig
-
-    kind = config.get("model_type")
-    tied = bool(config.get("tie_word_embeddings", True))
-    state: dict[str, torch.Tensor] = {}
-    if kind == "gpt2":
-        C, L = config["n_embd"], config["n_layer"]
-        # GPT-2 files always hold biases; a model trained without them went out with zeros (source.py).
-        has_bias = any(weights[f"transformer.h.0.{n}.bias"].abs().max() > 0 for n in ("ln_1", "attn.c_attn", "mlp.c_fc"))
-        model = ModelConfig(
-            vocab_size=config["vocab_size"], block_size=config["n_positions"], n_layer=L, n_head=config["n_head"],
-            n_embd=C, bias=has_bias, position="learned", norm="layernorm", mlp="gelu", tie_embeddings=tied,
-            gelu_approximate="tanh" if config.get("activation_function") == "gelu_new" else "none",
-        )
-        state["token_embedding.weight"] = weights["transformer.wte.weight"]
-        state["position_embedding.weight"] = weights["transformer.wpe.weight"]
-        for i in range(L):
-            theirs, ours = f"transformer.h.{i}.", f"blocks.{i}."
-            for a, b in (("attn_norm", "ln_1"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                         ("mlp_norm", "ln_2"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
-                weight = weights[theirs + b + ".weight"]
-                state[ours + a + ".weight"] = (weight.t() if b in CONV1D else weight).contiguous()
-                if has_bias:
-                    state[ours + a + ".bias"] = weights[theirs + b + ".bias"]
-        state["final_norm.weight"] = weights["transformer.ln_f.weight"]
-        if has_bias:
-            state["final_norm.bias"] = weights["transformer.ln_f.bias"]
-    elif kind == "llama":
-        H, L = config["num_attention_heads"], config["num_hidden_layers"]
-        model = ModelConfig(
-            vocab_size=config["vocab_size"], block_size=config["max_position_embeddings"], n_layer=L, n_head=H,
-            n_embd=config["hidden_size"], bias=False, position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=tied,
-        )
-        state["token_embedding.weight"] = weights["model.embed_tokens.weight"]
-        for i in range(L):
-            theirs, ours = f"model.layers.{i}.", f"blocks.{i}."
-            q = halves_to_pairs(weights[theirs + "self_attn.q_proj.weight"], H)
-            k = halves_to_pairs(weights[theirs + "self_attn.k_proj.weight"], H)
-            state[ours + "attn.qkv.weight"] = torch.cat([q, k, weights[theirs + "self_attn.v_proj.weight"]])
-            state[ours + "attn.proj.weight"] = weights[theirs + "self_attn.o_proj.weight"]
-            state[ours + "mlp.fc.weight"] = torch.cat([weights[theirs + "mlp.gate_proj.weight"], weights[theirs + "mlp.up_proj.weight"]])
-            state[ours + "mlp.proj.weight"] = weights[theirs + "mlp.down_proj.weight"]
-            state[ours + "attn_norm.weight"] = weights[theirs + "input_layernorm.weight"]
-            state[ours + "mlp_norm.weight"] = weights[theirs + "post_attention_layernorm.weight"]
-        state["final_norm.weight"] = weights["model.norm.weight"]
-    else:
-        raise GptkitError(f"{folder} holds a {kind!r} model; gptkit reads back gpt2 and llama folders")
-    if not tied:
-        state["lm_head.weight"] = weights["lm_head.weight"]
-    return model, state

@@ -18,6 +18,7 @@ Special tokens keep gptkit's ids. They are HF "special" added tokens, so AutoTok
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from gptkit.errors import GptkitError
@@ -63,6 +64,50 @@ def byte_level_vocab_and_merges(tokenizer) -> tuple[dict[str, int], list[tuple[s
         for left, right in sorted(cuts, key=lambda cut: (ranks[cut[0]], ranks[cut[1]])):
             merges.append((byte_string(left), byte_string(right)))
     return vocab, merges
+
+
+_BOUNDED_POSSESSIVE = re.compile(r"\{\d+(?:,\d*)?\}\+")
+
+
+def _depth_at(pattern: str, index: int) -> int:
+    """Group nesting depth at `index` of a regex (escapes and character classes skipped)."""
+    depth, i, in_class = 0, 0, False
+    while i < index:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return depth
+
+
+def oniguruma_pattern(pattern: str) -> str:
+    """A tiktoken split regex as Hugging Face's engine must read it to cut the same chunks.
+
+    `X{n,m}+` is possessive in tiktoken's engine but "X{n,m}, one or more times" in Oniguruma (Hugging
+    Face tokenizers'; cl100k_base's `\\p{N}{1,3}+` would take "2024" whole). At the end of a top-level
+    alternative nothing follows the quantifier, so greedy and possessive match the same: there it becomes
+    `X{n,m}`. Anywhere else the two engines could disagree, and the pattern is refused."""
+    out, last = [], 0
+    for match in _BOUNDED_POSSESSIVE.finditer(pattern):
+        end = match.end()
+        if _depth_at(pattern, match.start()) != 0 or not (end == len(pattern) or pattern[end] == "|"):
+            raise GptkitError(
+                "the tokenizer's split pattern has a possessive {n,m}+ that Hugging Face tokenizers would read "
+                "as a repetition: its tokenizer.json would cut other chunks",
+                hint="use a pattern with {n,m}+ only at the end of a top-level alternative (gpt2, gpt4 and gpt4o export)",
+            )
+        out.append(pattern[last : end - 1])  # drop the "+"
+        last = end
+    return "".join(out) + pattern[last:]
 
 
 def hf_tokenizer(tokenizer):
@@ -121,7 +166,7 @@ def _byte_level_backend(tokenizer):
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
         try:
-            split = pre_tokenizers.Split(Regex(encoding._pat_str), behavior="isolated", invert=False)
+            split = pre_tokenizers.Split(Regex(oniguruma_pattern(encoding._pat_str)), behavior="isolated", invert=False)
         except Exception as e:  # the Oniguruma engine refused the regex tiktoken accepted
             raise GptkitError(f"the tokenizer's split pattern does not compile for Hugging Face tokenizers: {e}") from None
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

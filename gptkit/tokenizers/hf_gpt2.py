@@ -10,6 +10,10 @@ on tiktoken's engine and gives exactly the folder's ids:
     higher id than every earlier merge's result, which is how GPT-2's vocabulary and every BPE the
     `tokenizers` library trains are numbered; a folder where that fails is refused, not half-matched.
 
+The split regex is GPT-2's (the ByteLevel pre-tokenizer's own) or, for a tokenizer.json whose
+pre-tokenizer is Split(regex) + ByteLevel, that regex (gptkit's exports of BPEs with the gpt4 or
+gpt4o pattern, cl100k_base, o200k_base).
+
 The spec is self-contained JSON (kind "hf-bpe": token strings -> ids, the special tokens, the regex),
 so a checkpoint imported from the folder carries its tokenizer without the folder. Nothing is
 downloaded. Tokenizers of other kinds (WordPiece, SentencePiece, a normalizer, add_prefix_space)
@@ -19,6 +23,7 @@ are refused with a message saying what was found.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -74,20 +79,38 @@ def _refuse(path: Path, what: str) -> GptkitError:
     )
 
 
-def _byte_level_ok(pre: dict | None) -> bool:
-    """True for GPT-2's pre-tokenizer: ByteLevel with its regex and no prefix space (alone or in a Sequence)."""
+def _byte_level_pattern(pre: dict | None) -> str | None:
+    """The split regex of a byte-level pre-tokenizer, None for anything else. Two forms: GPT-2's own,
+    ByteLevel with its built-in regex and no prefix space (alone or in a one-step Sequence); and a
+    custom regex, Split(pattern, "isolated") then ByteLevel without its regex (what gptkit exports for
+    a BPE with another split pattern: gpt4, gpt4o, cl100k_base, o200k_base, ...)."""
     if not isinstance(pre, dict):
-        return False
-    if pre.get("type") == "Sequence":
-        parts = pre.get("pretokenizers") or []
-        return len(parts) == 1 and _byte_level_ok(parts[0])
-    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False)
+        return None
+    if pre.get("type") == "ByteLevel":
+        plain = pre.get("use_regex", True) and not pre.get("add_prefix_space", False)
+        return GPT2_REGEX if plain else None
+    if pre.get("type") != "Sequence":
+        return None
+    parts = pre.get("pretokenizers") or []
+    if len(parts) == 1:
+        return _byte_level_pattern(parts[0])
+    if len(parts) == 2 and all(isinstance(p, dict) for p in parts):
+        split, byte_level = parts
+        regex = (split.get("pattern") or {}).get("Regex") if isinstance(split.get("pattern"), dict) else None
+        if isinstance(regex, str) and re.search(r"\{\d+(?:,\d*)?\}\+", regex):
+            return None  # Oniguruma's `X{n,m}+` repeats the group; tiktoken would read it as possessive
+        if (split.get("type") == "Split" and isinstance(regex, str) and str(split.get("behavior")).lower() == "isolated"
+                and not split.get("invert", False) and byte_level.get("type") == "ByteLevel"
+                and not byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space", False)):
+            return regex
+    return None
 
 
 def read_hf_tokenizer(path: str | Path) -> dict:
     """The kind "hf-bpe" spec of the tokenizer in a Hugging Face folder (tokenizer.json preferred)."""
     path = Path(path)
     specials: dict[str, int] = {}
+    pattern = GPT2_REGEX
     if (path / "tokenizer.json").is_file():
         data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
         model = data.get("model") or {}
@@ -95,8 +118,11 @@ def read_hf_tokenizer(path: str | Path) -> dict:
             raise _refuse(path, f"{model.get('type', 'unknown')} tokenizer")
         if data.get("normalizer") is not None:
             raise _refuse(path, "BPE with a text normalizer")
-        if not _byte_level_ok(data.get("pre_tokenizer")):
-            raise _refuse(path, "BPE without GPT-2's byte-level pre-tokenizer")
+        pattern = _byte_level_pattern(data.get("pre_tokenizer"))
+        if pattern is None and re.search(r"\{\d+(?:,\d*)?\}\+", json.dumps(data.get("pre_tokenizer"))):
+            raise _refuse(path, "byte-level BPE whose split regex has {n,m}+ (Hugging Face repeats it, tiktoken would not)")
+        if pattern is None:
+            raise _refuse(path, "BPE without a byte-level pre-tokenizer")
         vocab, merges = model.get("vocab") or {}, model.get("merges") or []
         merges = [m.split(" ") if isinstance(m, str) else list(m) for m in merges]
         specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens") or [] if t.get("special", True)}
@@ -112,11 +138,13 @@ def read_hf_tokenizer(path: str | Path) -> dict:
         specials[ENDOFTEXT] = int(vocab[ENDOFTEXT])
     vocab = {t: int(i) for t, i in vocab.items() if t not in specials}
     _check_merge_order(path, vocab, merges)
-    return {"kind": KIND, "pattern": GPT2_REGEX, "vocab": vocab, "special_tokens": specials, "source": path.name}
+    return {"kind": KIND, "pattern": pattern, "vocab": vocab, "special_tokens": specials, "source": path.name}
 
 
 def _check_merge_order(path: Path, vocab: dict[str, int], merges: list[list[str]]) -> None:
-    """tiktoken's rank order must be the merge order (module docstring): refuse a folder where it is not."""
+    """tiktoken's rank order must be the merge order (module docstring): refuse a folder where it is not.
+    Several merges may make the same token (every cut of it, as an export of OpenAI's ranks lists them):
+    only one of them can apply to a given chunk, at that token's rank."""
     last = -1
     for i, pair in enumerate(merges):
         if len(pair) != 2:
@@ -124,7 +152,7 @@ def _check_merge_order(path: Path, vocab: dict[str, int], merges: list[list[str]
         joined = vocab.get(pair[0] + pair[1])
         if joined is None or pair[0] not in vocab or pair[1] not in vocab:
             raise GptkitError(f"{path}: merge {i} ({' '.join(pair)}) uses or makes a token missing from the vocabulary")
-        if joined <= last:
+        if joined < last:
             raise _refuse(path, "BPE whose ids are not in merge order (tiktoken could not reproduce it)")
         last = joined
 

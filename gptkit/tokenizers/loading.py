@@ -6,7 +6,8 @@
     tok/                              a folder written by `gptkit tokenize train` (tokenizer.json)
     data/shakespeare                  a data folder written by `gptkit prepare` (meta.json)
     out/ckpt.safetensors  (or out/)   a checkpoint: the spec is in its metadata
-    hf/gpt2/                          a Hugging Face GPT-2 folder (vocab.json + merges.txt or tokenizer.json)
+    hf/gpt2/                          a Hugging Face folder: GPT-2-style byte-level BPE, or gptkit's own export
+                                      (tokenizers/hf_folder.py)
 
 Checkpoints are read for their metadata only (the safetensors header, see checkpoint_format.py),
 without loading weights or importing torch, so `gptkit tokenize encode --tokenizer out/` starts instantly.
@@ -22,7 +23,8 @@ from gptkit.errors import GptkitError, UsageError
 from gptkit.tokenizers.base import Tokenizer
 from gptkit.tokenizers.bpe import BPETokenizer
 from gptkit.tokenizers.char import CharTokenizer
-from gptkit.tokenizers.hf_gpt2 import HFByteBPETokenizer, is_hf_tokenizer_folder, read_hf_tokenizer
+from gptkit.tokenizers.hf_folder import read_folder_tokenizer
+from gptkit.tokenizers.hf_gpt2 import HFByteBPETokenizer, is_hf_tokenizer_folder
 from gptkit.tokenizers.pretrained import PRETRAINED, TiktokenTokenizer
 from gptkit.tokenizers.sentencepiece_tokenizer import MODEL_TYPES, SentencePieceTokenizer
 
@@ -87,8 +89,8 @@ def _json_file(path: Path) -> dict:
 def spec_at(path: Path) -> dict:
     """The tokenizer spec stored at `path`: a folder (saved tokenizer, data folder, run folder), a
     tokenizer.json or meta.json file, or a checkpoint."""
-    if path.is_dir() and is_hf_tokenizer_folder(path):  # a Hugging Face GPT-2 folder (hf_gpt2.py)
-        return read_hf_tokenizer(path)
+    if path.is_dir() and is_hf_tokenizer_folder(path):  # a Hugging Face folder (hf_folder.py)
+        return read_folder_tokenizer(path)
     if path.is_dir():
         for name in ("tokenizer.json", "meta.json", CKPT_NAME):
             if (path / name).is_file():
