@@ -164,6 +164,20 @@ class KVCache:
         self._scatter_index = None  # (B, H_kv, 1, D) slots for scatter_, made by the first layer
         self._current = rows
 
+    def mask_for(self, window: int | None = None) -> torch.Tensor | None:
+        """This pass's attention mask, (B or 1, 1, T, S), with an optional sliding window. Without one it
+        is self.mask: None where plain attention is exact (a prefill: causal over the new tokens, which
+        attention does with is_causal; a decode of rows at one position: every slot). A windowed or
+        ALiBi model builds its mask (or bias) here from the same positions."""
+        if window is None:
+            return self.mask
+        if self.prefill:
+            q = torch.arange(self._span, device=self.keys[0].device)[None, :]  # (1, T)
+            return attention_mask(q, q, window=window)  # (1, 1, T, T)
+        device = self.keys[0].device
+        q = self.positions if isinstance(self.positions, torch.Tensor) else torch.full((1, 1), self.positions, device=device)
+        return attention_mask(q, torch.arange(self._span, device=device)[None, :], window=window)  # (B, 1, 1, S)
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this pass's keys and values k, v (B, H_kv, T, D) of `layer`; return the keys and values
         attention should use: for a prefill the new ones themselves (B, H_kv, T, D: the rows were

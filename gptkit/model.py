@@ -117,7 +117,7 @@ class LearnedPosition(nn.Embedding):
     def add_to(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) embeddings -> x plus their position vectors. positions: an int start (every row at
         start..start+T-1) or each row's own positions (B, T) (a batch of rows of different lengths)."""
-        if isinstance(positions, int):
+        if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
             positions = torch.arange(positions, positions + x.size(1), device=x.device)  # (T,)
         return x + self(positions)  # (T, C) broadcast over the batch, or (B, T, C)
 
@@ -164,7 +164,7 @@ class Rotary(nn.Module):
         """x: (B, T, ..., D) -> the same shape, rotated. positions: an int start (every row at
         start..start+T-1) or each row's own positions (B, T)."""
         B, T = x.shape[:2]
-        if isinstance(positions, int):
+        if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
             shape = (T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D): broadcast over batch and heads
             cos, sin = self.cos[positions : positions + T].view(shape), self.sin[positions : positions + T].view(shape)
         else:
@@ -277,9 +277,9 @@ class CausalSelfAttention(nn.Module):
             # gets every cached slot (B, H, S, D) and, for rows at different positions, the mask built
             # from positions by kv_cache.attention_mask.
             k, v = cache.write(self.layer_index, k, v)
-            mask, causal = cache.mask, cache.prefill
+            mask, causal = cache.mask_for(window=None), cache.prefill
         # softmax(q k^T / sqrt(D)) v in one fused kernel; training takes the is_causal fast path. A sliding
-        # window or ALiBi would pass attention_mask(q_pos, k_pos, window=...) (or a bias) here instead.
+        # window: cache.mask_for(window) here, attention_mask(pos, pos, window=...) without a cache.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, D)

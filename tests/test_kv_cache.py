@@ -84,3 +84,18 @@ def test_a_reset_row_takes_a_new_prompt():
         assert cache.lengths == [6, 4]
         want, _ = model(torch.tensor([fresh]))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_mask_for_a_window_follows_the_positions():
+    model = tiny_model()
+    cache = KVCache(model.config.n_layer, batch_size=2)
+    with torch.no_grad():
+        model(torch.tensor([ids(5, 1) + [0, 0], ids(7, 2)]), cache=cache.rows([0, 1], [5, 7]))
+        assert cache.mask_for(None) is None  # a prefill: is_causal does it
+        assert cache.mask_for(3)[0, 0, 6].tolist() == [False] * 4 + [True] * 3  # (1, 1, T, T), query 6 sees 4..6
+        model(torch.tensor([[1], [2]]), cache=cache)  # decode: rows at positions 5 and 7
+        window = cache.mask_for(2)
+    assert window.shape == (2, 1, 1, 8)
+    assert window[0, 0, 0].tolist() == [False] * 4 + [True, True, False, False]
+    assert window[1, 0, 0].tolist() == [False] * 6 + [True, True]
+    assert torch.equal(cache.mask_for(None), attention_mask(torch.tensor([[5], [7]]), torch.arange(8)[None, :]))

@@ -92,11 +92,11 @@ def test_a_sample_that_ends_at_end_of_text_says_so(run_cli, tiny_run, monkeypatc
         return torch.full_like(chosen, eot) if len(calls) == 4 else chosen
 
     monkeypatch.setattr(gptkit.engine, "choose", eot_on_fourth)
-    r = run_cli("sample", "--ckpt", tiny_run.ckpt, "--device", "cpu", "--max-new-tokens", "30", "--prompt", "the", "--no-echo")
+    r = run_cli("sample", "--ckpt", tiny_run.ckpt, "--device", "cpu", "--max-new-tokens", "30", "--prompt", "the", "--no-echo", "--temperature", "0")
     assert r.code == 0 and len(r.stdout) == 3 + 1
     assert "sample 1 ended at <|endoftext|> after 4 tokens" in r.stderr
     calls.clear()
-    [out] = lines(run_cli("sample", "--ckpt", tiny_run.ckpt, "--device", "cpu", "--max-new-tokens", "30", "--json").stdout)
+    [out] = lines(run_cli("sample", "--ckpt", tiny_run.ckpt, "--device", "cpu", "--max-new-tokens", "30", "--json", "--temperature", "0").stdout)
     assert out["finish_reason"] == "stop" and out["tokens"] == 4 and len(out["completion"]) == 3
 
 
@@ -114,3 +114,10 @@ def test_ctrl_c_ends_the_line_and_says_what_stopped(tiny_run, tmp_path):
     assert process.returncode == 130, err
     assert first.startswith("The ") and out.endswith("\n")
     assert "Interrupted: sample 1 of 2 stopped after" in err and "new tokens" in err and "Traceback" not in err
+
+
+def test_stop_understands_newline_and_tab_escapes():
+    from gptkit.cli.sample import _unescape
+
+    assert _unescape(r"\n\n") == "\n\n" and _unescape(r"a\tb") == "a\tb"
+    assert _unescape(r"\\n") == "\\n" and _unescape(r"\x") == "\\x"  # an escaped backslash, an unknown escape

@@ -47,7 +47,7 @@ def sample(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to continue."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
     jsonl: Optional[Path] = typer.Option(
-        None, "--jsonl", help="Prompts as JSON lines ({\"prompt\": ..., optional settings}) from FILE or - (stdin); one JSON line out per sample."
+        None, "--jsonl", metavar="FILE|-", help="Prompts as JSON lines ({\"prompt\": ..., optional settings}) from FILE or - (stdin); one JSON line out per sample."
     ),
     num_samples: int = typer.Option(1, "--num-samples", "-n", min=1, help="How many samples (of each prompt)."),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Tokens to generate per sample."),
@@ -58,13 +58,13 @@ def sample(
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Divide the logits of tokens already in the text (1: off)."),
     frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Minus f x times a token was generated (OpenAI's)."),
     presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Minus p once a token was generated (OpenAI's)."),
-    stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a sample at this text, never printed (repeatable)."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", metavar="STR", help="End a sample at this text, never printed (repeatable; \\n and \\t are understood)."),
     stop_at_eot: bool = typer.Option(True, "--stop-at-eot/--no-stop-at-eot", help="End a sample at <|endoftext|>."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same text (sample i uses seed + i)."),
     logprobs: Optional[int] = typer.Option(None, "--logprobs", min=0, max=20, help="With --json/--jsonl: each token's logprob and the top N alternatives."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16 (autocast; auto: float32 on CPU)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamically quantized Linear layers (CPU)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", metavar="int8", help="int8: dynamically quantized Linear layers (CPU)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples decoded together."),
     echo: bool = typer.Option(True, "--echo/--no-echo", help="Print the prompt before its continuation."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per sample: prompt, completion, tokens, finish_reason."),
@@ -81,7 +81,7 @@ def sample(
     controls = dict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
         repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        stop=tuple(stop or ()), stop_at_eot=stop_at_eot, logprobs=logprobs,
+        stop=tuple(_unescape(s) for s in stop or ()), stop_at_eot=stop_at_eot, logprobs=logprobs,
     )
     if quantize not in (None, "int8"):
         raise UsageError(f"--quantize must be int8 (got {quantize!r})")
@@ -90,6 +90,13 @@ def sample(
         return _sample_jsonl(ckpt, jsonl, num_samples, seed, controls, loading)
     prompt = _read_prompt(prompt, prompt_file)
     _sample_one_prompt(ckpt, prompt, num_samples, seed, controls, loading, echo, as_json)
+
+
+def _unescape(text: str) -> str:
+    """--stop '\\n\\n' means two newlines: a shell passes the backslashes through."""
+    import re
+
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str | None:
