@@ -181,7 +181,9 @@ def check_weights_fit(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -
                 hint=fix,
             )
     outside, block = GPT.expected_shapes(config)
-    summary = f"n_layer {config.n_layer}, n_embd {config.n_embd}, n_head {config.n_head}"
+    summary = f"n_layer {config.n_layer}, n_embd {config.n_embd}, n_head {config.n_head}" + (
+        f", n_kv_head {config.n_kv_head}" if config.n_kv_head else ""  # it sizes attn.qkv
+    )
 
     def check(name: str, shape: tuple[int, ...]) -> None:
         if name not in shapes:

@@ -76,9 +76,29 @@ class ModelConfig:
         True, "Biases in Linear and LayerNorm (GPT-2 has them; without is a little faster and as good).",
         flags=("--bias/--no-bias",), panel=MODEL,
     )
-    position: str = option("learned", "Position encoding.", choices=("learned", "rope"), panel=MODEL)
+    # The swappable components (model.py's COMPONENTS tables and docs/components.md): GPT-2's are the defaults.
+    position: str = option(
+        "learned", "Position encoding: a learned table, rotary, ALiBi's distance bias, or none (order from the causal "
+        "mask alone).", choices=("learned", "rope", "alibi", "none"), panel=MODEL,
+    )
     norm: str = option("layernorm", "Normalization layer.", choices=("layernorm", "rmsnorm"), panel=MODEL)
     mlp: str = option("gelu", "Feed-forward block.", choices=("gelu", "relu2", "swiglu"), panel=MODEL)
+    block: str = option(
+        "sequential", "Transformer block: attention then MLP (GPT-2), or both from one norm, side by side (GPT-J, PaLM).",
+        choices=("sequential", "parallel"), panel=MODEL,
+    )
+    n_kv_head: int = option(
+        0, "Key/value heads per block: 0 = n_head (multi-head), 1 = multi-query, between = grouped-query; "
+        "must divide n_head.", panel=MODEL,
+    )
+    qk_norm: bool = option(
+        False, "RMS-normalise each head's queries and keys before their dot product (QK-norm).",
+        flags=("--qk-norm/--no-qk-norm",), panel=MODEL,
+    )
+    attention_window: int = option(
+        0, "Sliding-window attention: each position sees at most this many latest positions, itself included "
+        "(0: the whole context).", panel=MODEL,
+    )
     tie_embeddings: bool = option(
         True, "Output layer = token embedding matrix (transposed).",
         flags=("--tie-embeddings/--untie-embeddings",), panel=MODEL,
@@ -95,6 +115,11 @@ class ModelConfig:
         """Rows of the token embedding and width of the logits: vocab_size rounded up to vocab_multiple."""
         return self.vocab_multiple * math.ceil(self.vocab_size / self.vocab_multiple)
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per block: n_kv_head, where 0 (the default) means one per query head."""
+        return self.n_kv_head or self.n_head
+
     def validate(self) -> list[str]:
         """Return every problem with this config, as sentences (empty when valid)."""
         problems = []
@@ -103,6 +128,15 @@ class ModelConfig:
                 problems.append(f"model.{name} must be at least 1 (got {getattr(self, name)})")
         if self.n_head >= 1 and self.n_embd % self.n_head != 0:
             problems.append(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.n_kv_head < 0:
+            problems.append(f"model.n_kv_head must not be negative (got {self.n_kv_head}; 0 means n_head)")
+        elif self.n_kv_head and self.n_head >= 1 and self.n_head % self.n_kv_head:
+            problems.append(
+                f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.n_kv_head}): "
+                "each key/value head serves the same number of query heads"
+            )
+        if self.attention_window < 0:
+            problems.append(f"model.attention_window must not be negative (got {self.attention_window}; 0 means off)")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"model.dropout must be in [0, 1) (got {self.dropout})")
         for name, choices in COMPONENT_CHOICES.items():
@@ -119,7 +153,7 @@ class ModelConfig:
 
 
 # The swappable parts of the block and their names (model.py builds them).
-COMPONENT_CHOICES = {name: choices_of(ModelConfig, name) for name in ("position", "norm", "mlp")}
+COMPONENT_CHOICES = {name: choices_of(ModelConfig, name) for name in ("position", "norm", "mlp", "block")}
 
 RUN, OPTIM, DATA, EVAL, ROBUST = "Run", "Optimization", "Data and parallelism", "Evaluation and logging", "Robustness and monitoring"
 

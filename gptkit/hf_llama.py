@@ -75,9 +75,9 @@ def llama_model_config(hf: dict, source: Path, tied: bool) -> ModelConfig:
     unsupported = []
     if hf.get("hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act {hf['hidden_act']!r} (gptkit's SwiGLU gates with silu)")
-    kv_heads = int(hf.get("num_key_value_heads") or H)
-    if kv_heads != H:
-        unsupported.append(f"grouped-query attention (num_key_value_heads {kv_heads} < num_attention_heads {H})")
+    kv_heads = int(hf.get("num_key_value_heads") or H)  # fewer than H: grouped-/multi-query attention
+    if H % kv_heads:
+        unsupported.append(f"num_key_value_heads {kv_heads} (it must divide num_attention_heads {H})")
     head_dim = hf.get("head_dim")
     if head_dim is not None and int(head_dim) * H != C:
         unsupported.append(f"head_dim {head_dim} (gptkit's is hidden_size / num_attention_heads = {C // H})")
@@ -99,13 +99,13 @@ def llama_model_config(hf: dict, source: Path, tied: bool) -> ModelConfig:
     if unsupported:
         raise GptkitError(
             f"{source}: this Llama model has {', '.join(unsupported)}, which gptkit's model does not compute",
-            hint="gptkit imports Llama models with full multi-head attention, plain rotary (theta 10000), "
+            hint="gptkit imports Llama models with plain rotary (theta 10000), "
             "RMSNorm eps 1e-5, no biases and its own SwiGLU width (what `gptkit export --format hf` writes)",
         )
     return ModelConfig(
         vocab_size=int(hf.get("vocab_size", 32000)), vocab_multiple=1, block_size=int(hf.get("max_position_embeddings", 2048)),
         n_layer=int(hf.get("num_hidden_layers", 32)), n_head=H, n_embd=C, dropout=0.0, bias=False,
-        position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=tied,
+        n_kv_head=0 if kv_heads == H else kv_heads, position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=tied,
     )
 
 
@@ -123,7 +123,7 @@ def llama_state_dict(weights: dict[str, torch.Tensor], config: ModelConfig, sour
     for i in range(config.n_layer):
         theirs, ours = f"layers.{i}.", f"blocks.{i}."
         q = halves_to_pairs(take(theirs + "self_attn.q_proj.weight"), H)
-        k = halves_to_pairs(take(theirs + "self_attn.k_proj.weight"), H)
+        k = halves_to_pairs(take(theirs + "self_attn.k_proj.weight"), config.kv_heads)
         state[ours + "attn.qkv.weight"] = torch.cat([q, k, take(theirs + "self_attn.v_proj.weight")])
         state[ours + "attn.proj.weight"] = take(theirs + "self_attn.o_proj.weight")
         # model.SwiGLU: silu(first half of fc) * second half

@@ -104,8 +104,9 @@ def _layers_to_wrap(model: nn.Module, targets: tuple[str, ...]) -> dict[str, tup
     """{qualified name: (the Linear, its parts)} for every layer the targets name."""
     chosen = {}
     for i, block in enumerate(model.blocks):
-        width = block.attn.qkv.out_features // 3
-        qkv_parts = [(_QKV[t] * width, (_QKV[t] + 1) * width) for t in ("q", "k", "v") if t in targets]
+        sizes = block.attn.qkv_split  # rows of q, k, v: (H*D, H_kv*D, H_kv*D), thirds unless grouped-query
+        starts = [0, sizes[0], sizes[0] + sizes[1]]
+        qkv_parts = [(starts[_QKV[t]], starts[_QKV[t]] + sizes[_QKV[t]]) for t in ("q", "k", "v") if t in targets]
         if qkv_parts:
             chosen[f"blocks.{i}.attn.qkv"] = (block.attn.qkv, qkv_parts)
         layers = {"o": ("attn.proj", block.attn.proj), "mlp_fc": ("mlp.fc", block.mlp.fc), "mlp_proj": ("mlp.proj", block.mlp.proj)}

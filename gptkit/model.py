@@ -25,22 +25,29 @@ Four details that matter in practice:
     ids are never targets, so training pushes their logits down; sampling drops them (`GPT.unpadded`).
 
 Each component can be swapped from the config, so a student can change one thing and measure it
-(the GPT-2 choice is the default; presets pick others). Each kind has one table, COMPONENTS[kind]
-(name -> class, every class built as cls(config)); a new choice is one class and one table row,
-plus its name in config.COMPONENT_CHOICES:
+(the GPT-2 choice is the default; presets pick others; docs/components.md has the table with papers).
+Each kind has one table, COMPONENTS[kind] (name -> class, built as cls(config)); a new choice is one
+class and one table row, plus its name in config.COMPONENT_CHOICES. The norms, positions and MLPs live
+in components.py (importable from here too); attention and the blocks are below:
 
-    position        learned  | rope    rotary embeddings (Su et al., RoFormer 2021): relative positions,
-                                       adjacent channel pairs turned by real cos/sin tables
-    norm            layernorm| rmsnorm scale-only normalisation (Zhang & Sennrich 2019): cheaper
-    mlp             gelu     | relu2 | swiglu   (So et al., Primer 2021; Shazeer, GLU variants 2020)
-    tie_embeddings  True     | False   separate output matrix
+    position        learned | rope | alibi | none    a table at the input | rotated q, k (RoFormer) |
+                                                     a distance bias on the scores (ALiBi) | nothing (NoPE)
+    norm            layernorm | rmsnorm              (Zhang & Sennrich 2019: scale only)
+    mlp             gelu | relu2 | swiglu            (So et al., Primer 2021; Shazeer, GLU variants 2020)
+    block           sequential | parallel            x + attn(norm x) + mlp(norm x) (GPT-J, PaLM)
+    n_kv_head       0 (= n_head) | 1 < k < n_head | 1    multi-head | grouped-query (GQA) | multi-query
+    qk_norm         False | True                     queries and keys RMS-normalised per head
+    attention_window  0 (off) | N                    each position sees its last N positions only
+    bias, dropout, tie_embeddings                    biases on/off, dropout rate, a separate output matrix
 
 The loss skips targets equal to IGNORE_INDEX (-100: prompt tokens, padding) and can be summed
 (`reduction="sum"`) so a training loop weighs every valid token of an optimizer step alike.
 
 `generate.py` and `engine.py` drive this model with a KV cache (kv_cache.py): `forward(idx, cache=...)`
 writes the keys and values of the new positions into the cache, in place, instead of recomputing the
-whole prefix; each row of the batch has its own positions (B, T), which both position schemes take.
+whole prefix; each row of the batch has its own positions (B, T), which every position scheme takes,
+and the window and ALiBi build their masks from (kv_cache.attention_mask). The cache holds the n_kv_head
+key/value heads only.
 """
 
 from __future__ import annotations
@@ -54,6 +61,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from gptkit.components import (  # noqa: F401  (the parts: importable from here, as before they moved)
+    COMPONENT_PARTS, MLP, ALiBi, GeluMLP, LayerNorm, LearnedPosition, NoPosition, Relu2MLP, RMSNorm, Rotary, SwiGLU,
+    as_positions,
+)
 from gptkit.config import ModelConfig  # the config lives in a torch-free module (fast --help)
 from gptkit.kv_cache import KVCache, attention_mask  # noqa: F401  (KVCache: part of this module's API)
 
@@ -83,218 +94,114 @@ def shapes_only():
         yield
 
 
-# --- swappable components -----------------------------------------------------------------------------
-# Every component kind has one table, name -> class, and every class is built as cls(config). The
-# names are config.COMPONENT_CHOICES[kind]; adding a choice (ALiBi, another norm) is one class here and
-# one name there.
+# --- attention and the blocks (the norms, positions and MLPs they are built from: components.py) ------
 
 
-class LayerNorm(nn.LayerNorm):
-    """GPT-2's norm: centre each C-vector, scale it to unit variance, then a learned gain (and bias).
-    (B, T, C) -> (B, T, C)."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.n_embd, bias=config.bias)
-
-
-class RMSNorm(nn.RMSNorm):
-    """Scale-only normalisation (Zhang & Sennrich 2019): divide by the root mean square, no centring,
-    no bias; one reduction fewer than LayerNorm. (B, T, C) -> (B, T, C)."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.n_embd, eps=1e-5)
-
-
-class LearnedPosition(nn.Embedding):
-    """GPT-2's positions: one learned C-vector per position, added to the token embeddings.
-    Its weight is GPT's `position_embedding.weight` (block_size, C)."""
-
-    acts_in_attention = False  # enters once, at the input
-
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.block_size, config.n_embd)
-
-    def add_to(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C) embeddings -> x plus their position vectors. positions: an int start (every row at
-        start..start+T-1) or each row's own positions (B, T) (a batch of rows of different lengths)."""
-        if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
-            positions = torch.arange(positions, positions + x.size(1), device=x.device)  # (T,)
-        return x + self(positions)  # (T, C) broadcast over the batch, or (B, T, C)
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding (Su et al., RoFormer 2021): rotate each pair of query/key channels by
-    an angle proportional to the position, so the score q.k depends only on the *distance* between
-    two positions. Nothing is learned; the cos/sin tables are rebuilt at load, never saved.
-
-    Which channels pair up: ADJACENT ones, (2i, 2i+1) within each head, turning at frequency
-    base^(-2i/D). This is the pairing of the original RoFormer and Meta's Llama code, and the one
-    every gptkit checkpoint was trained with (earlier versions rotated the same pairs as complex
-    numbers), so old checkpoints load unchanged and give the same logits. Hugging Face's Llama pairs
-    channel i with i + D/2 ("halves") instead; an exporter converts by permuting the rows of the
-    query and key projections within each head, once, at export, as HF's own conversion script does.
-
-    Real-valued: a pair (a, b) turned by angle t is (a cos t - b sin t, b cos t + a sin t), written as
-    x * cos + swap(x) * sin with swap(a, b) = (b, a) and the tables laid out per channel:
-    cos = (c0, c0, c1, c1, ...), sin = (-s0, s0, -s1, s1, ...). No complex tensors, so ONNX export,
-    torch.compile and bf16 kernels see only multiplies and adds.
-    """
-
-    acts_in_attention = True  # turns queries and keys in every layer; nothing is added at the input
-
-    def __init__(self, config: ModelConfig, base: float = 10000.0):
-        super().__init__()
-        self.base = base
-        self.build_tables(config)
-
-    def build_tables(self, config: ModelConfig) -> None:
-        head_size = config.n_embd // config.n_head
-        if torch.get_default_device().type == "meta":  # shapes only (GPT.expected_shapes): no arithmetic
-            for name in ("cos", "sin"):
-                self.register_buffer(name, torch.empty(config.block_size, head_size), persistent=False)
-            return
-        inv_freq = self.base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (D/2,)
-        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, D/2)
-        # Not learned and cheap to rebuild, so not saved in checkpoints (persistent=False).
-        self.register_buffer("cos", angles.cos().repeat_interleave(2, dim=-1), persistent=False)  # (block_size, D)
-        sin = angles.sin()
-        self.register_buffer("sin", torch.stack((-sin, sin), dim=-1).flatten(-2), persistent=False)  # (block_size, D)
-
-    def forward(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
-        """x: (B, T, ..., D) -> the same shape, rotated. positions: an int start (every row at
-        start..start+T-1) or each row's own positions (B, T)."""
-        B, T = x.shape[:2]
-        if not isinstance(positions, torch.Tensor):  # an int start (or a traced SymInt: ONNX export)
-            shape = (T, *[1] * (x.dim() - 3), -1)  # (T, 1.., D): broadcast over batch and heads
-            cos, sin = self.cos[positions : positions + T].view(shape), self.sin[positions : positions + T].view(shape)
-        else:
-            shape = (B, T, *[1] * (x.dim() - 3), -1)  # (B, T, 1.., D): each row its own angles
-            cos, sin = self.cos[positions].view(shape), self.sin[positions].view(shape)
-        x32 = x.float()  # rotate in float32 whatever the autocast dtype, as the complex form did
-        pairs = x32.unflatten(-1, (-1, 2))  # (B, T, ..., D/2, 2)
-        swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) for each (a, b)
-        return torch.addcmul(x32 * cos, swapped, sin).type_as(x)
-
-
-class MLP(nn.Module):
-    """Position-wise feed-forward network: widen, apply a nonlinearity, project back.
-
-        x (B, T, C) -> fc (B, T, fc_width) -> activate (B, T, hidden) -> proj (B, T, C)
-
-    The subclasses differ only in `activate` (and SwiGLU in its width)."""
-
-    def __init__(self, config: ModelConfig, hidden: int, fc_width: int):
-        super().__init__()
-        self.fc = nn.Linear(config.n_embd, fc_width, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.proj.residual_projection = True  # scaled at init, see GPT._init_weights
-        self.dropout = nn.Dropout(config.dropout)
-
-    def activate(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.activate(self.fc(x))))  # (B, T, C)
-
-
-class GeluMLP(MLP):
-    """GPT-2's MLP: 4x wide, GELU. The exact (erf) form: on CPU ~5x faster than the tanh approximation,
-    which config.gelu_approximate = "tanh" selects (GPT-2's own: imported GPT-2 weights need it)."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__(config, hidden=4 * config.n_embd, fc_width=4 * config.n_embd)
-        self.approximate = config.gelu_approximate  # "none" | "tanh"
-
-    def activate(self, h: torch.Tensor) -> torch.Tensor:
-        return F.gelu(h, approximate=self.approximate)  # (B, T, 4C)
-
-
-class Relu2MLP(MLP):
-    """relu(x)^2, 4x wide: from the Primer architecture search (So et al. 2021); used by modded-nanogpt."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__(config, hidden=4 * config.n_embd, fc_width=4 * config.n_embd)
-
-    def activate(self, h: torch.Tensor) -> torch.Tensor:
-        return F.relu(h).square()  # (B, T, 4C)
-
-
-class SwiGLU(MLP):
-    """A gated unit (Shazeer, GLU variants 2020): silu(x W1) * (x W2). The hidden width is 8/3 C instead
-    of 4C so the parameter count stays that of the 4x MLP; W1 and W2 are the two halves of `fc`."""
-
-    def __init__(self, config: ModelConfig):
-        hidden = 32 * math.ceil(8 * config.n_embd / 3 / 32)  # a multiple of 32 for fast matmuls
-        super().__init__(config, hidden=hidden, fc_width=2 * hidden)  # both halves in one matmul
-
-    def activate(self, h: torch.Tensor) -> torch.Tensor:
-        gate, value = h.chunk(2, dim=-1)  # 2 x (B, T, hidden)
-        return F.silu(gate) * value  # (B, T, hidden)
-
-
-COMPONENTS: dict[str, dict[str, type[nn.Module]]] = {
-    "position": {"learned": LearnedPosition, "rope": Rotary},
-    "norm": {"layernorm": LayerNorm, "rmsnorm": RMSNorm},
-    "mlp": {"gelu": GeluMLP, "relu2": Relu2MLP, "swiglu": SwiGLU},
-}
-
-
-def build(kind: str, config: ModelConfig) -> nn.Module:
-    """The component of `kind` that `config` names, e.g. build("norm", config) -> LayerNorm(config)."""
-    return COMPONENTS[kind][getattr(config, kind)](config)
+def build(kind: str, config: ModelConfig, *args) -> nn.Module:
+    """The component of `kind` that `config` names, e.g. build("norm", config) -> LayerNorm(config);
+    `args` go to its constructor after the config (a block's layer index and the position module its
+    attention uses)."""
+    return COMPONENTS[kind][getattr(config, kind)](config, *args)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention where position t may only look at positions <= t.
-    (B, T, C) -> (B, T, C); `rotary`, when given, turns queries and keys by their positions."""
+    """Causal self-attention: position t looks only at positions <= t. (B, T, C) -> (B, T, C).
 
-    def __init__(self, config: ModelConfig, layer_index: int, rotary: Rotary | None = None):
+    H query heads share H_kv key/value heads (config.n_kv_head), each key/value head serving a group of
+    H / H_kv query heads (query head h reads key/value head h // (H / H_kv)):
+
+        H_kv = H        multi-head attention (Vaswani et al. 2017; GPT-2), the default
+        1 < H_kv < H    grouped-query attention (Ainslie et al., GQA 2023; Llama 2 70B, Mistral)
+        H_kv = 1        multi-query attention (Shazeer 2019)
+
+    Fewer key/value heads: a smaller qkv layer, and a KV cache H / H_kv times smaller (what makes long
+    generation memory-bound). One Linear computes q, k and v: its rows are every head's q (H*D), then
+    k (H_kv*D), then v (H_kv*D) -- GPT-2's 3C rows when H_kv = H, so its weights keep their names.
+
+    Each option changes one thing, from the config:
+      qk_norm           queries and keys RMS-normalised per head (D channels, a learned gain each) before
+                        the dot product (Henry et al. 2020; Dehghani et al. 2023): the scores cannot grow
+                        without bound, which keeps training at high learning rates stable
+      attention_window  a sliding window (Beltagy et al., Longformer 2020; Mistral 2023): query t sees
+                        keys t - window + 1 .. t only; deeper layers still reach further back
+      position          rotary turns q and k by their positions; ALiBi adds its distance bias to the scores
+    """
+
+    def __init__(self, config: ModelConfig, layer_index: int = 0, position: nn.Module | None = None):
         super().__init__()
         self.layer_index = layer_index
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head = config.n_head, config.kv_heads
+        head_size = config.n_embd // config.n_head
         self.dropout = config.dropout
         # One matrix computes queries, keys and values together: one big matmul beats three small ones.
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.qkv_split = (config.n_head * head_size, self.n_kv_head * head_size, self.n_kv_head * head_size)
+        self.qkv = nn.Linear(config.n_embd, sum(self.qkv_split), bias=config.bias)
+        self.q_norm = nn.RMSNorm(head_size, eps=1e-5) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(head_size, eps=1e-5) if config.qk_norm else None
+        self.window = config.attention_window or None
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.proj.residual_projection = True  # scaled at init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.rotary = rotary  # one module shared by all layers (its tables are not saved)
+        # The position scheme's part in attention: one module shared by all layers (nothing of it is saved).
+        self.rotary = position if isinstance(position, Rotary) else None
+        self.alibi = position if isinstance(position, ALiBi) else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v, each split into heads
+        H, H_kv, D = self.n_head, self.n_kv_head, C // self.n_head
+        qkv = self.qkv(x)  # (B, T, (H + 2 H_kv) * D)
+        q, k, v = qkv.split(self.qkv_split, dim=-1)  # (B, T, H*D), 2 x (B, T, H_kv*D)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, H_kv, D), v.view(B, T, H_kv, D)  # split into heads
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # each head's D-vector to unit RMS, times a gain
         positions = cache.positions if cache is not None else 0  # int start, or each row's (B, T)
         if self.rotary is not None:  # positions enter here, not at the embedding
-            q, k = self.rotary(qkv[:, :, :2], positions).unbind(2)  # queries and keys turn together
-            v = qkv[:, :, 2]
-        else:
-            q, k, v = qkv.unbind(2)  # 3 x (B, T, H, D)
+            if H_kv == H and self.q_norm is None:  # q and k lie side by side in qkv: one rotation for both
+                q, k = self.rotary(qkv.view(B, T, 3, H, D)[:, :, :2], positions).unbind(2)  # (faster on CPU)
+            else:
+                q, k = self.rotary(q, positions), self.rotary(k, positions)
         # (B, T, H, D) -> (B, H, T, D): each head attends independently.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask, causal = None, True
         if cache is not None:
-            # Stored in place. A prefill gets its own k, v back (causal, as in training); a decode step
-            # gets every cached slot (B, H, S, D) and, for rows at different positions, the mask built
-            # from positions by kv_cache.attention_mask.
+            # Stored in place (H_kv heads only). A prefill gets its own k, v back (causal, as in training);
+            # a decode step gets every cached slot (B, H_kv, S, D) and, for rows at different positions,
+            # the mask built from positions by kv_cache.attention_mask.
             k, v = cache.write(self.layer_index, k, v)
-            mask, causal = cache.mask_for(window=None), cache.prefill
-        # softmax(q k^T / sqrt(D)) v in one fused kernel; training takes the is_causal fast path. A sliding
-        # window: cache.mask_for(window) here, attention_mask(pos, pos, window=...) without a cache.
+            mask, causal = cache.mask, cache.prefill
+        if self.window is not None or self.alibi is not None:
+            mask = self.position_mask(positions, T, k.size(2), mask, q)
+        # softmax(q k^T / sqrt(D) [+ bias]) v in one fused kernel; plain causal training takes the
+        # is_causal fast path. enable_gqa: each key/value head serves its group of query heads, unexpanded.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=H_kv != H,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.proj(y))
 
+    def position_mask(self, positions, T: int, S: int, cache_mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+        """The mask of a window and/or ALiBi, from positions: boolean (B|1, 1, T, S), or with ALiBi the
+        score bias (B|1, H, T, S) with -inf where a query may not look. Key slot s holds position s
+        (kv_cache.py), in training and in the cache alike."""
+        q_pos = as_positions(positions, T, q.device)  # (B|1, T)
+        k_pos = torch.arange(S, device=q.device)[None, :]  # (1, S)
+        mask = attention_mask(q_pos, k_pos, window=self.window)  # causal, and the window
+        if cache_mask is not None:
+            mask = mask & cache_mask
+        if self.alibi is None:
+            return mask
+        return self.alibi.bias(q_pos, k_pos).masked_fill(~mask, float("-inf")).to(q.dtype)
+
 
 class Block(nn.Module):
     """One transformer layer: attention mixes information across positions, the MLP within one.
-    (B, T, C) -> (B, T, C)."""
+    GPT-2's "sequential" block: the MLP reads what attention wrote. (B, T, C) -> (B, T, C)."""
 
-    def __init__(self, config: ModelConfig, layer_index: int, rotary: Rotary | None = None):
+    def __init__(self, config: ModelConfig, layer_index: int = 0, position: nn.Module | None = None):
         super().__init__()
         self.attn_norm = build("norm", config)
-        self.attn = CausalSelfAttention(config, layer_index, rotary)
+        self.attn = CausalSelfAttention(config, layer_index, position)
         self.mlp_norm = build("norm", config)
         self.mlp = build("mlp", config)
 
@@ -304,13 +211,40 @@ class Block(nn.Module):
         return x
 
 
+class ParallelBlock(nn.Module):
+    """GPT-J's and PaLM's block (Wang & Komatsuzaki 2021; Chowdhery et al. 2022): attention and the MLP
+    read the same normalised input, side by side, and both write into the residual stream at once:
+
+        h = norm(x);  x = x + Attention(h) + MLP(h)
+
+    One norm per layer instead of two, and the two sublayers no longer wait for each other (PaLM
+    fuses their input matmuls: ~15% faster at scale, a small quality cost at small scale). Its one norm
+    is `attn_norm`; there is no `mlp_norm`. (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: ModelConfig, layer_index: int = 0, position: nn.Module | None = None):
+        super().__init__()
+        self.attn_norm = build("norm", config)
+        self.attn = CausalSelfAttention(config, layer_index, position)
+        self.mlp = build("mlp", config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        h = self.attn_norm(x)
+        return x + self.attn(h, cache) + self.mlp(h)
+
+
+# One table per kind of part; the blocks are built per layer: build("block", config, layer_index, position).
+COMPONENTS: dict[str, dict[str, type[nn.Module]]] = {**COMPONENT_PARTS, "block": {"sequential": Block, "parallel": ParallelBlock}}
+
+
 class GPT(nn.Module):
     """The whole model: token ids (B, T) -> logits (B, T, padded_vocab_size), and a loss given targets.
 
-    Built from `config`: the position scheme, the norm and the MLP come from the COMPONENTS tables;
-    `tie_embeddings` decides whether the output layer has its own matrix. State-dict names:
+    Built from `config`: the position scheme, the norm, the MLP and the block come from the COMPONENTS
+    tables; `tie_embeddings` decides whether the output layer has its own matrix. State-dict names:
     token_embedding, position_embedding (learned positions only), blocks.N.{attn_norm, attn.qkv,
-    attn.proj, mlp_norm, mlp.fc, mlp.proj}, final_norm, lm_head (untied only).
+    attn.q_norm and attn.k_norm (qk_norm only), attn.proj, mlp_norm (sequential blocks only), mlp.fc,
+    mlp.proj}, final_norm, lm_head (untied only). attn.qkv has (n_head + 2 n_kv_head) x D rows: 3C, as
+    in GPT-2, unless grouped-query.
     """
 
     def __init__(self, config: ModelConfig):
@@ -322,12 +256,12 @@ class GPT(nn.Module):
         # padded_vocab_size rows: the ids from vocab_size up are padding, never produced by the tokenizer.
         self.token_embedding = nn.Embedding(config.padded_vocab_size, config.n_embd)
         # The position scheme enters either once at the input (a learned table) or in every layer's
-        # attention (rotary: the same cos/sin tables for all layers).
+        # attention (rotary, ALiBi: one module, its tables shared by all layers), or nowhere (none).
         position = build("position", config)
-        self.position_embedding = None if position.acts_in_attention else position
-        rotary = position if position.acts_in_attention else None
+        self.position_embedding = position if position.adds_at_input else None
+        in_attention = position if position.acts_in_attention else None
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i, rotary) for i in range(config.n_layer))
+        self.blocks = nn.ModuleList(build("block", config, i, in_attention) for i in range(config.n_layer))
         self.final_norm = build("norm", config)
         # Tied: the output layer reuses token_embedding.weight, so there is no separate matrix to learn.
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
@@ -356,8 +290,8 @@ class GPT(nn.Module):
         with shapes_only():
             model = cls(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
-        for module in model.modules():  # the tables no checkpoint saves (rotary cos/sin), built for real
-            if isinstance(module, Rotary):
+        for module in model.modules():  # the tables no checkpoint saves (rotary cos/sin, ALiBi slopes), for real
+            if isinstance(module, (Rotary, ALiBi)):
                 module.build_tables(config)
         return model
 
@@ -440,8 +374,13 @@ class GPT(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6 per parameter (forward 2, backward 4) plus attention's scores.
 
-        From the PaLM paper's appendix B; used to report model FLOPs utilisation (MFU).
+        From the PaLM paper's appendix B; used to report model FLOPs utilisation (MFU). The scores term
+        is 6 x (q.k and the weighted sum of v: 2 x 2 FLOPs per channel) per key a query sees, counted
+        over the whole context as PaLM does, or over the window when there is one; it does not depend on
+        the key/value heads (every query head still scores every key). Grouped-query attention lowers
+        the parameter term instead (a smaller qkv layer).
         """
         c = self.config
         n = self.num_params(include_position_embedding=False)  # padded rows included: they are computed
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+        keys_seen = min(c.attention_window or c.block_size, c.block_size)
+        return 6 * n + 12 * c.n_layer * c.n_embd * keys_seen

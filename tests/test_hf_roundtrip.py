@@ -175,7 +175,7 @@ def _set_rope(config: dict, theta=None, scaling=None) -> None:
 @pytest.mark.parametrize(
     "change, words",
     [
-        (lambda c: c.update(num_key_value_heads=2), "grouped-query attention (num_key_value_heads 2 < num_attention_heads 4)"),
+        (lambda c: c.update(num_key_value_heads=3), "num_key_value_heads 3 (it must divide num_attention_heads 4)"),
         (lambda c: c.update(head_dim=32), "head_dim 32"),
         (lambda c: _set_rope(c, scaling="linear"), "rope scaling (linear)"),
         (lambda c: _set_rope(c, theta=500000.0), "rope_theta 500000"),

@@ -238,7 +238,7 @@ def test_untied_model_has_its_own_output_matrix():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(position="alibi"), "model.position must be one of learned, rope (got 'alibi')"),
+        (dict(position="sinusoidal"), "model.position must be one of learned, rope, alibi, none (got 'sinusoidal')"),
         (dict(norm="batchnorm"), "model.norm must be one of layernorm, rmsnorm (got 'batchnorm')"),
         (dict(mlp="gelu2"), "model.mlp must be one of gelu, relu2, swiglu (got 'gelu2')"),
         (dict(position="rope", n_embd=30, n_head=2), "model.position = rope needs an even head size"),

@@ -93,7 +93,8 @@ def test_every_option_is_also_a_toml_setting(tmp_path, run_cli):
     gives the config that the options give."""
     changed = {
         "model": dict(vocab_multiple=8, block_size=32, n_layer=3, n_head=4, n_embd=64, dropout=0.1, bias=False,
-                      position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False),
+                      position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False, block="parallel",
+                      n_kv_head=2, qk_norm=True, attention_window=8),
         "train": dict(data="d", out="o", device="cpu", dtype="float32", compile="false", seed=3, max_iters=9,
                       batch_size=5, grad_accum=2, learning_rate=0.01, min_lr=0.001, warmup_iters=2, lr_decay_iters=7,
                       weight_decay=0.2, beta1=0.8, beta2=0.9, grad_clip=0.5, optimizer="muon", muon_lr=0.03,

@@ -121,7 +121,8 @@ def gguf_tensors(source: ExportSource) -> dict[str, torch.Tensor]:
         out["output_norm.bias"] = t["final_norm.bias"]
     else:
         for i in range(c.n_layer):
-            q, k, v = t[f"blocks.{i}.attn.qkv.weight"].split(c.n_embd)
+            kv = c.kv_heads * source.head_size
+            q, k, v = t[f"blocks.{i}.attn.qkv.weight"].split((c.n_embd, kv, kv))  # all heads' q, then k, then v
             gate, up = t[f"blocks.{i}.mlp.fc.weight"].split(source.ffn_hidden)  # silu(gate) * up
             out.update({
                 f"blk.{i}.attn_norm.weight": t[f"blocks.{i}.attn_norm.weight"],
@@ -167,7 +168,7 @@ def export_gguf(source: ExportSource, out: Path, dtype: torch.dtype) -> Path:
     writer.add_block_count(c.n_layer)
     writer.add_feed_forward_length(source.ffn_hidden)
     writer.add_head_count(c.n_head)
-    writer.add_head_count_kv(c.n_head)
+    writer.add_head_count_kv(c.kv_heads)  # fewer than the query heads: grouped-query attention
     writer.add_vocab_size(c.vocab_size)
     if arch == "gpt2":
         writer.add_layer_norm_eps(NORM_EPS)

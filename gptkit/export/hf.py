@@ -15,7 +15,8 @@ Layout changes on the way (the rest is renaming):
     (i, i + D/2) ("rotate_half"). Same angles, other pairing, so the rows of W_q and W_k are permuted
     within each head (even channels first, then odd). q.k is unchanged because q and k move together;
     values and the output projection keep their order.
-  * The fused matrices are cut: qkv -> q, k, v; SwiGLU's fc -> gate (first half), up (second half).
+  * The fused matrices are cut: qkv -> q (H*D rows), k and v (H_kv*D rows each: num_key_value_heads, fewer
+    than the query heads under grouped-query attention); SwiGLU's fc -> gate (first half), up (second half).
 
 The way back is gptkit/hf_import.py (with hf_llama.py), the reader of every Hugging Face folder: an
 exported folder comes back as the model that was exported (`gptkit train --init-from DIR`), and
@@ -79,7 +80,7 @@ def hf_config(source: ExportSource, dtype: str) -> dict:
         "intermediate_size": source.ffn_hidden,
         "num_hidden_layers": c.n_layer,
         "num_attention_heads": c.n_head,
-        "num_key_value_heads": c.n_head,
+        "num_key_value_heads": c.kv_heads,  # grouped-query attention when fewer than the query heads
         "head_dim": source.head_size,
         "hidden_act": "silu",
         "max_position_embeddings": c.block_size,
@@ -110,13 +111,13 @@ def hf_state_dict(source: ExportSource) -> dict[str, torch.Tensor]:
         out["transformer.ln_f.weight"] = t["final_norm.weight"]
         out["transformer.ln_f.bias"] = t["final_norm.bias"]
     else:
-        C, hidden = c.n_embd, source.ffn_hidden
+        C, hidden, kv = c.n_embd, source.ffn_hidden, c.kv_heads * source.head_size
         out["model.embed_tokens.weight"] = t["token_embedding.weight"]
         for i in range(c.n_layer):
             ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-            q, k, v = t[ours + "attn.qkv.weight"].split(C)  # rows: all heads' q, then k, then v
+            q, k, v = t[ours + "attn.qkv.weight"].split((C, kv, kv))  # rows: all heads' q, then k, then v
             out[theirs + "self_attn.q_proj.weight"] = pairs_to_halves(q, c.n_head)
-            out[theirs + "self_attn.k_proj.weight"] = pairs_to_halves(k, c.n_head)
+            out[theirs + "self_attn.k_proj.weight"] = pairs_to_halves(k, c.kv_heads)
             out[theirs + "self_attn.v_proj.weight"] = v
             out[theirs + "self_attn.o_proj.weight"] = t[ours + "attn.proj.weight"]
             gate, up = t[ours + "mlp.fc.weight"].split(hidden)  # model.MLP: silu(first half) * second half
@@ -144,7 +145,7 @@ def model_card(source: ExportSource) -> str:
         "",
         f"# A {family} model trained with gptkit",
         "",
-        f"- architecture: {family}; {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens, "
+        f"- architecture: {family}; {c.n_layer} layers, {c.n_head} heads ({c.kv_heads} key/value), {c.n_embd} wide, context {c.block_size} tokens, "
         f"{params:,} parameters, output layer {'tied to' if source.tied else 'separate from'} the token embedding",
         f"- gptkit components: position = {c.position}, norm = {c.norm}, mlp = {c.mlp}, bias = {str(c.bias).lower()}",
         f"- tokenizer: gptkit `{source.tokenizer.name}` ({c.vocab_size:,} ids), exported to tokenizer.json",

@@ -2,10 +2,11 @@
 
     MODEL.onnx      input_ids (B, T)  ->  logits (B, T, vocab_size)
                     the whole forward pass: scoring text, or decoding by re-reading the prefix
-    MODEL.kv.onnx   input_ids (B, T), past_keys, past_values (L, B, H, P, D)
-                      ->  logits (B, T, vocab_size), present_keys, present_values (L, B, H, P + T, D)
+    MODEL.kv.onnx   input_ids (B, T), past_keys, past_values (L, B, H_kv, P, D)
+                      ->  logits (B, T, vocab_size), present_keys, present_values (L, B, H_kv, P + T, D)
                     the same model with its key/value cache as tensors in and out: the prompt goes in
-                    with P = 0, then each new token costs one position (T = 1) instead of P + 1
+                    with P = 0, then each new token costs one position (T = 1) instead of P + 1;
+                    H_kv = the key/value heads (n_head, or fewer under grouped-query attention)
 
 Both are traced by torch.onnx.export (the dynamo exporter, torch >= 2.9) from the gptkit model itself,
 so the graph is the model's own code. The cache graph needs one thing gptkit's KVCache cannot give: the
@@ -45,7 +46,7 @@ class CachedForward(nn.Module):
     """One forward step over new tokens, given the keys and values of the P positions before them.
 
     The layers are the model's own; what differs from GPT.forward is only the bookkeeping:
-      * the cache is two stacked tensors (L, B, H, P, D), concatenated with the new positions along P;
+      * the cache is two stacked tensors (L, B, H_kv, P, D), concatenated with the new positions along P;
       * the mask is built from the shapes: new token i (at position P + i) sees keys 0..P + i. That covers
         the prompt (P = 0: the usual causal mask) and decoding (T = 1: every key) in one graph, where
         GPT.forward switches between the two with a Python `if`.
@@ -59,8 +60,9 @@ class CachedForward(nn.Module):
         model = self.model
         B, T = input_ids.shape
         P = past_keys.shape[3]
-        H = model.config.n_head
+        H, H_kv = model.config.n_head, model.config.kv_heads
         C = model.config.n_embd
+        D = C // H
         x = model.token_embedding(input_ids)  # (B, T, C)
         if model.position_embedding is not None:
             x = model.position_embedding.add_to(x, P)  # learned positions P..P+T-1
@@ -69,17 +71,17 @@ class CachedForward(nn.Module):
         keys, values = [], []
         for layer, block in enumerate(model.blocks):
             attn = block.attn
-            qkv = attn.qkv(block.attn_norm(x)).view(B, T, 3, H, C // H)
-            if attn.rotary is not None:
-                q, k = attn.rotary(qkv[:, :, :2], P).unbind(2)  # turned by their positions P..P+T-1
-                v = qkv[:, :, 2]
-            else:
-                q, k, v = qkv.unbind(2)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-            k = torch.cat([past_keys[layer], k], dim=2)  # (B, H, P + T, D)
+            q, k, v = attn.qkv(block.attn_norm(x)).split(attn.qkv_split, dim=-1)  # q: H heads, k and v: H_kv
+            q, k, v = q.view(B, T, H, D), k.view(B, T, H_kv, D), v.view(B, T, H_kv, D)
+            if attn.rotary is not None:  # turned by their positions P..P+T-1
+                q, k = attn.rotary(q, P), attn.rotary(k, P)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or H_kv, T, D)
+            k = torch.cat([past_keys[layer], k], dim=2)  # (B, H_kv, P + T, D)
             v = torch.cat([past_values[layer], v], dim=2)
             keys.append(k)
             values.append(v)
+            if H_kv != H:  # grouped-query: each key/value head repeated for its group of query heads
+                k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)  # (1, 1, T, P + T) broadcast over B, H
             x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
             x = x + block.mlp(block.mlp_norm(x))
@@ -139,7 +141,7 @@ def export_onnx(source: ExportSource, out: Path, kv_cache: bool = True) -> Path:
         if kv_cache:
             past = Dim("past", max=c.block_size - 1)
             D = c.n_embd // c.n_head
-            cache = torch.zeros(c.n_layer, 2, c.n_head, 4, D)
+            cache = torch.zeros(c.n_layer, 2, c.kv_heads, 4, D)  # the cache holds the key/value heads only
             cache_axes = {1: batch, 3: past}
             _export(
                 CachedForward(model), (ids, cache, cache.clone()),

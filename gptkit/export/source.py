@@ -6,7 +6,9 @@ runtimes know:
     gpt2    learned positions, LayerNorm, GELU, biases on or off     -> GPT-2 (transformers, llama.cpp "gpt2")
     llama   rotary positions, RMSNorm, SwiGLU, no biases             -> Llama (transformers, llama.cpp "llama")
 
-Anything else (ReLU^2, rotary with LayerNorm, ...) has no equivalent in those runtimes, so `architecture_of`
+Both use the sequential block and the whole context; llama also takes grouped-query attention (n_kv_head,
+transformers' num_key_value_heads). Anything else (ReLU^2, rotary with LayerNorm, ALiBi, no positions,
+QK-norm, a sliding window, the parallel block, ...) has no equivalent in those runtimes, so `architecture_of`
 refuses it with a message that names the component and the choices that would export.
 
 `ExportSource.tensors` holds the weights under gptkit's own state-dict names, in float32, with two changes
@@ -32,6 +34,18 @@ ARCHITECTURES = {
     "gpt2": {"position": "learned", "norm": "layernorm", "mlp": "gelu"},
     "llama": {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
 }
+# Parts neither architecture has, whatever the other choices: (does the config use it?, why it cannot go).
+NO_COUNTERPART = (
+    (lambda c: c.position == "alibi",
+     "ALiBi positions (a distance bias on the attention scores) have no counterpart in GPT-2 or Llama runtimes"),
+    (lambda c: c.position == "none",
+     "a model without positions (position = none) has no counterpart in GPT-2 or Llama runtimes, which always add or rotate them"),
+    (lambda c: c.block == "parallel", "the parallel block (attention and MLP side by side) is neither GPT-2's nor Llama's"),
+    (lambda c: c.qk_norm, "QK-norm (normalised queries and keys) is neither in GPT-2 nor in Llama"),
+    (lambda c: c.attention_window > 0, "sliding-window attention (attention_window) is neither in GPT-2 nor in Llama"),
+)
+# Only Llama runtimes have fewer key/value heads than query heads (grouped-query attention).
+GPT2_NEEDS_ALL_KV_HEADS = "GPT-2 has one key/value head per query head (n_kv_head = 0); Llama takes grouped-query attention"
 NORM_EPS = 1e-5  # model.LayerNorm (nn.LayerNorm's default eps) and model.RMSNorm (given eps=1e-5)
 ROPE_BASE = 10000.0  # model.Rotary's default base
 
@@ -42,8 +56,19 @@ def _describe(choices: dict) -> str:
 
 def architecture_of(config: ModelConfig) -> str:
     """'gpt2' or 'llama'; a GptkitError naming what does not fit otherwise."""
+    hint = (
+        f"what exports: GPT-2 ({_describe(ARCHITECTURES['gpt2'])}, bias on or off) or "
+        f"Llama ({_describe(ARCHITECTURES['llama'])}, n_kv_head any), both with block = sequential, "
+        "no qk_norm and attention_window = 0"
+    )
+    reasons = [why for uses, why in NO_COUNTERPART if uses(config)]
+    if reasons:
+        raise GptkitError(f"this model cannot be exported: {'; '.join(reasons)}", hint=hint)
     for name, choices in ARCHITECTURES.items():
         if all(getattr(config, key) == value for key, value in choices.items()):
+            if name == "gpt2" and config.kv_heads != config.n_head:
+                why = f"{GPT2_NEEDS_ALL_KV_HEADS} (this model: n_kv_head = {config.n_kv_head})"
+                raise GptkitError(f"this model cannot be exported: {why}", hint=hint)
             return name
     # Name the family the model is closest to, and what stands in its way.
     best = max(ARCHITECTURES, key=lambda n: sum(getattr(config, k) == v for k, v in ARCHITECTURES[n].items()))
@@ -52,11 +77,7 @@ def architecture_of(config: ModelConfig) -> str:
         f"it mixes the two families ({_describe(wrong)} where {best} needs "
         f"{_describe({k: ARCHITECTURES[best][k] for k in wrong})})"
     )
-    raise GptkitError(
-        f"this model cannot be exported: {why}",
-        hint=f"what exports: GPT-2 ({_describe(ARCHITECTURES['gpt2'])}, bias on or off) or "
-        f"Llama ({_describe(ARCHITECTURES['llama'])})",
-    )
+    raise GptkitError(f"this model cannot be exported: {why}", hint=hint)
 
 
 @dataclass
