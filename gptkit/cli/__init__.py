@@ -1,7 +1,7 @@
 """The `gptkit` command line: parse options, call one library function, render the result.
 
 One module per command (cli/prepare.py, data.py, train.py, finetune.py, eval.py, sample.py, serve.py, report.py,
-tokenize.py, export.py), each registering with the root app of cli/app.py; this module imports them and
+ablate.py, tokenize.py, export.py, inspect.py), each registering with the root app of cli/app.py; this module imports them and
 holds `main`, the entry point of the console script and of `python -m gptkit`.
 
 Conventions every command follows:
@@ -19,7 +19,7 @@ import sys
 
 import typer
 
-from gptkit.cli import ablate, data, eval, export, finetune, prepare, report, sample, serve, tokenize, train  # noqa: F401  (each registers its commands)
+from gptkit.cli import ablate, data, eval, export, finetune, inspect, prepare, report, sample, serve, tokenize, train  # noqa: F401  (each registers its commands)
 from gptkit.cli.app import app
 from gptkit.cli.train import PRESET_NAMES
 from gptkit.console import err
