@@ -44,7 +44,7 @@ def bench_reference(data: Path, max_iters: int) -> dict:
 
 # What runs beside the reference: (label, preset, extra options). The second row is the first with
 # nanoGPT's own GPT-2 block, so the reference and gptkit are timed on identical models too.
-GPT2_BLOCK = ["--position", "learned", "--mlp", "gelu"]
+GPT2_BLOCK = ["--position", "learned", "--norm", "layernorm", "--mlp", "gelu"]
 VARIANTS = {
     "shakespeare-char-cpu": ("shakespeare-char-cpu", []),
     "cpu+gpt2-block": ("shakespeare-char-cpu", GPT2_BLOCK),
