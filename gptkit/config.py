@@ -269,7 +269,7 @@ PRESETS: dict[str, Preset] = {
     "shakespeare-char-cpu": Preset(
         "nanoGPT's CPU example (4 layers, 4 heads, 128 wide, context 64, batch 12, 2000 iterations, lr 1e-3) on "
         "the Llama block (rotary positions, RMSNorm, SwiGLU, no biases; it exports as Llama): 0.8M parameters, "
-        "val loss ~1.65 where nanoGPT's GPT-2 block reaches ~1.89; add --position learned --norm layernorm "
+        "val loss ~1.66 where nanoGPT's GPT-2 block reaches ~1.89; add --position learned --norm layernorm "
         "--mlp gelu for that block",
         model=_CPU_MODEL,
         train=dict(
