@@ -15,7 +15,8 @@ It exists so `shakespeare_cpu.py` can time nanoGPT's recipe and gptkit side by s
 same machine. It reads gptkit's shards (skipping the 1024-byte header) so both see identical data.
 
 Prints one JSON line: final val loss (nanoGPT's 20-batch estimate and over the whole val split),
-median ms/iter (over windows of 10 iterations, as gptkit logs them) and wall time.
+median ms/iter (over windows of 10 iterations, as gptkit logs them), wall time, and every evaluation
+as [iteration, val loss, seconds since the start, seconds spent in training steps] (speedrun.py reads them).
 """
 
 from __future__ import annotations
@@ -92,13 +93,15 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a gptkit data folder (char tokenizer)")
     ap.add_argument("--max-iters", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--eval-interval", type=int, default=250, help="nanoGPT's 250; speedrun.py evaluates more often")
+    ap.add_argument("--eval-iters", type=int, default=20)
     args = ap.parse_args()
 
     meta = json.load(open(os.path.join(args.data, "meta.json")))
     vocab_size = meta["vocab_size"]
     block_size, batch_size, max_iters = 64, 12, args.max_iters
     lr, min_lr, warmup, decay_iters = 1e-3, 1e-4, 100, max_iters
-    eval_interval, eval_iters = 250, 20
+    eval_interval, eval_iters = args.eval_interval, args.eval_iters
 
     def get_batch(split):
         # nanoGPT re-creates the memmap for every batch (to avoid a memory leak) and copies to int64.
@@ -134,7 +137,7 @@ def main() -> None:
     ]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
     ckpt_dir = tempfile.mkdtemp(prefix="nanogpt-ref-")
-    best_val, step_times, losses = 1e9, [], {}
+    best_val, step_times, losses, evals = 1e9, [], {}, []
     started = time.perf_counter()
     x, y = get_batch("train")
     for it in range(max_iters + 1):
@@ -142,6 +145,8 @@ def main() -> None:
             g["lr"] = lr_at(it)
         if it % eval_interval == 0 or it == max_iters:
             losses = estimate_loss()
+            # (iteration, val loss, seconds since the start including evaluations, seconds of training steps only)
+            evals.append([it, losses["val"], time.perf_counter() - started, sum(step_times)])
             if losses["val"] < best_val and it > 0:
                 best_val = losses["val"]
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, os.path.join(ckpt_dir, "ckpt.pt"))
@@ -177,6 +182,7 @@ def main() -> None:
                 "ms_per_iter": 1000 * float(np.median(windows)),
                 "full_val_loss": total / count,
                 "wall_s": wall,
+                "evals": evals,
             }
         )
     )

@@ -73,3 +73,21 @@ def test_generation_benchmark_runs_every_method_in_its_quickest_mode():
         assert all(rate > 0 for rate in small[batch].values())
     assert small["engine_b8_vs_transformers_b1"] > 0 and report["int8"]["small"]["speedup"] > 0
     assert "| small | 8 | 12 | transformers |" in done.stdout
+
+
+def test_speedrun_quick_mode_reports_iterations_ms_and_ratios(shakespeare_file):
+    """The speedrun's smoke mode: both recipes, the crossing found (a target any run reaches), the ratios printed."""
+    env = {**os.environ, "GPTKIT_SHAKESPEARE": str(shakespeare_file)}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "speedrun.py"), "--quick", "--threads", "1", "--target", "9.0", "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    # Every evaluation after the first is below 9.0 (a fresh char model starts near ln 65 = 4.2): crossed at 5.
+    assert report["reference"]["iters_mean"] == 5 and report["gptkit"]["iters_mean"] == 5
+    assert report["reference"]["all_reached"] and report["gptkit"]["all_reached"]
+    ms = report["ms_per_iter"]
+    assert ms["reference"] > 0 and ms["gptkit"] > 0
+    assert abs(report["time_ratio"] - report["iters_ratio"] * ms["reference"] / ms["gptkit"]) < 1e-9
+    assert "time ratio (nanoGPT / gptkit)" in done.stdout and "nanoGPT (restated)" in done.stdout
