@@ -6,7 +6,10 @@
 
 For each model shape and batch size (1 and 8), greedy decoding of the same prompt by:
 
-    gptkit engine        engine.Engine: prefill once, preallocated KV cache, one host sync per step
+    gptkit engine        engine.Engine: prefill once, preallocated KV cache, one host sync per step,
+                         weights laid out (in, out) in memory on the CPU (engine.lay_out_for_decoding)
+    engine, (out, in)    the same engine on nn.Linear's own layout (cpu_layout=False): what the
+                         layout alone is worth
     gptkit no cache      the whole sequence through GPT.forward for every new token (no KV cache)
     transformers         GPT2LMHeadModel.generate with its KV cache, on the SAME weights: the gptkit
                          model is GPT-2-shaped (learned positions, LayerNorm, GELU) and its weights are
@@ -29,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import copy
 import math
+import statistics
 import time
 from types import SimpleNamespace
 
@@ -85,8 +90,8 @@ def time_it(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_engine(model, prompts, n):
-    engine = Engine(model, Tokens(), max_batch_size=len(prompts))
+def run_engine(model, prompts, n, cpu_layout=True):
+    engine = Engine(model, Tokens(), max_batch_size=len(prompts), cpu_layout=cpu_layout)
     params = SamplingParams(max_new_tokens=n, temperature=0.0, stop_at_eot=False)
     out = engine.generate(prompts, params)
     assert all(len(c.token_ids) == n for c in out)
@@ -123,15 +128,15 @@ def run_transformers(hf, prompts, n):
 
 
 def measure(methods: dict, prompts, n: int, warmup: int, repeat: int = 1) -> dict[str, float]:
-    """tokens/s of each method: the best of `repeat` timed runs (on a shared machine the best run is the
-    one least disturbed), the methods interleaved so that a busy spell hits them alike."""
+    """tokens/s of each method: the median of `repeat` timed runs, the methods interleaved so that a busy
+    spell hits them alike."""
     for fn in methods.values():
         fn(prompts, min(warmup, n))  # warm-up: first-call allocations, kernel choices
-    rates = {name: 0.0 for name in methods}
+    rates = {name: [] for name in methods}
     for _ in range(repeat):
         for name, fn in methods.items():
-            rates[name] = max(rates[name], len(prompts) * n / time_it(lambda: fn(prompts, n)))
-    return rates
+            rates[name].append(len(prompts) * n / time_it(lambda: fn(prompts, n)))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def val_loss(model, data, batches: int) -> float:
@@ -179,7 +184,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 500 (small), 100 (124m)")
     parser.add_argument("--quick", action="store_true", help="a few tokens per method: a smoke run")
     parser.add_argument("--warmup", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per method; the best counts")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per method; the median counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip", default="", help="comma-separated methods to leave out")
     parser.add_argument("--quantize", action="store_true", help="also time the int8 engine (CPU)")
@@ -193,19 +198,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     report: dict = {"threads": torch.get_num_threads(), "results": {}}
-    print(f"# generation benchmark: greedy, prompt {PROMPT_TOKENS} tokens, {torch.get_num_threads()} torch threads, best of {args.repeat}\n")
+    print(f"# generation benchmark: greedy, prompt {PROMPT_TOKENS} tokens, {torch.get_num_threads()} torch threads, median of {args.repeat}\n")
     print("| model | batch | new tokens | method | tokens/s | vs transformers |")
     print("|---|---|---|---|---|---|")
     for shape in args.models:
         model = gpt2_shaped(shape)
         hf = to_transformers(model)
+        plain = copy.deepcopy(model)  # nn.Linear's layout: the engine lays `model` out in place
         n = args.new_tokens or (500 if shape == "small" else 100)
         n = min(n, 12 if shape == "small" else 4) if args.quick else n
         methods = {
             "gptkit engine": lambda p, k: run_engine(model, p, k),
-            "gptkit no cache": lambda p, k: run_no_cache(model, p, k),
+            "engine, (out, in)": lambda p, k: run_engine(plain, p, k, cpu_layout=False),
+            "gptkit no cache": lambda p, k: run_no_cache(plain, p, k),
             "transformers": lambda p, k: run_transformers(hf, p, k),
-            "nanoGPT loop": lambda p, k: run_nanogpt(model, p, k),
+            "nanoGPT loop": lambda p, k: run_nanogpt(plain, p, k),
         }
         methods = {k: v for k, v in methods.items() if k not in skip}
         per_batch = {}

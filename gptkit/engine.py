@@ -21,6 +21,16 @@ block_size tokens, as generate.py and a full recomputation do, at the cost of on
 shift s > 0 re-prefills once every s + 1 tokens and predicts each from between block_size - s and
 block_size tokens: cheaper, not the same tokens. Inside the context, neither re-prefills.
 
+Weights laid out for the CPU. At batch 1 every matmul of a decode step is a matrix-vector product,
+bound by how fast the weights stream from memory. nn.Linear stores W as (out, in) and computes x @ W.T;
+BLAS streams that transposed layout markedly slower than an (in, out) matrix read as it lies (measured
+on GPT-2 small's shapes: 28.5 against 23.7 ms per token for the blocks, 14.3 against 8.8 ms for the
+50257-row output layer). So on the CPU the engine stores every Linear weight and the (tied) embedding
+transposed in memory: the same values, the same modules and shapes, only the strides change
+(lay_out_for_decoding). It does so IN PLACE, on the model it is given (a copy would double its memory);
+the model computes the same function, its state_dict is the same, and training it again still works
+(a little slower). cpu_layout=False leaves the model alone.
+
 static=True decodes with fixed shapes (static_decode.py), which torch.compile captures as a CUDA graph
 on a GPU (compile="auto": on CUDA only); the tokens are the same.
 
@@ -95,10 +105,13 @@ class Engine:
         context_shift: int = 0,
         static: bool = False,
         compile: bool | str = "auto",
+        cpu_layout: bool = True,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        if cpu_layout and self.device.type == "cpu":
+            lay_out_for_decoding(model)
         self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
         if not 0 <= context_shift < self.block_size:
             raise GptkitError(f"context_shift must be in 0..{self.block_size - 1} (got {context_shift})")
@@ -351,3 +364,18 @@ def completion_of(prompt_ids: list[int], params: SamplingParams, events: list[To
         logprobs=[e.logprob for e in tokens] if wants else None,
         top_logprobs=[e.top_logprobs for e in tokens] if wants and params.logprobs > 0 else None,
     )
+
+
+def lay_out_for_decoding(model: torch.nn.Module) -> torch.nn.Module:
+    """Store each nn.Linear weight of `model` (and a tied embedding, which is the output layer too) as
+    the transpose of a contiguous (in, out) matrix, in place (see the module docstring): W keeps its
+    shape (out, in) and its values, its strides become (1, out), so F.linear's x @ W.T reads a
+    contiguous matrix. Idempotent: a weight already laid out is not contiguous and is left alone."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if getattr(model, "lm_head", False) is None:  # tied: logits = x @ token_embedding.weight.T
+        weights.append(model.token_embedding.weight)
+    with torch.no_grad():
+        for weight in weights:
+            if weight.dim() == 2 and weight.is_contiguous():
+                weight.data = weight.t().contiguous().t()  # (out, in) values over an (in, out) buffer
+    return model

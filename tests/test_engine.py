@@ -327,3 +327,44 @@ def test_the_static_decode_step_traces_as_one_graph():
     want = [c.token_ids for c in Engine(model, TOK, max_batch_size=2).generate(prompts, params)]
     engine = Engine(model, TOK, max_batch_size=2, static=True, compile="eager")
     assert [c.token_ids for c in engine.generate(prompts, params)] == want
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_the_cpu_layout_changes_strides_and_nothing_else(tie):
+    """lay_out_for_decoding: each Linear weight (and a tied embedding) becomes the transpose of a
+    contiguous (in, out) buffer; values, state_dict, tying, the loss and its gradients and the engine's
+    tokens stay the same; a second call changes nothing."""
+    import copy
+
+    from gptkit.engine import lay_out_for_decoding
+
+    plain = tiny_model(tie_embeddings=tie)
+    model = lay_out_for_decoding(copy.deepcopy(plain))
+    for name, weight in model.named_parameters():
+        assert torch.equal(weight, dict(plain.named_parameters())[name])
+        laid_out = ".weight" in name and weight.dim() == 2 and ("embedding" not in name or (tie and name == "token_embedding.weight"))
+        assert weight.is_contiguous() != laid_out, name
+        if laid_out:
+            assert weight.stride() == (1, weight.size(0)) and weight.t().is_contiguous(), name
+    assert (model.lm_head is None) == tie
+    strides = [p.stride() for p in model.parameters()]
+    lay_out_for_decoding(model)
+    assert [p.stride() for p in model.parameters()] == strides
+    state, want = model.state_dict(), plain.state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+
+    x = torch.tensor([TOK.encode("the king is dead"[:-1])])
+    y = torch.tensor([TOK.encode("the king is dead"[1:])])
+    for m in (plain, model):
+        m.train()
+        m.zero_grad()
+        m(x, y)[1].backward()
+        m.eval()
+    for (name, p), q in zip(plain.named_parameters(), model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-12), name
+
+    prompts = [TOK.encode("the king"), TOK.encode("a")]
+    params = SamplingParams(max_new_tokens=20, temperature=0.0, stop_at_eot=False)
+    want = [c.token_ids for c in Engine(copy.deepcopy(plain), TOK, max_batch_size=2, cpu_layout=False).generate(prompts, params)]
+    assert [c.token_ids for c in Engine(plain, TOK, max_batch_size=2).generate(prompts, params)] == want
+    assert not plain.blocks[0].attn.qkv.weight.is_contiguous()  # the engine laid out the model it was given
