@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from export_fixtures import CASES, gptkit_greedy, make_checkpoint
-from tokenizer_fixtures import CJK, EMOJI, PORTUGUESE, pretrained, shakespeare, small_bpe, small_sentencepiece
+from tokenizer_fixtures import CJK, EMOJI, PORTUGUESE, shakespeare, small_bpe, tokenizer_kinds
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'gptkit[export]')")
 pytest.importorskip("tokenizers", reason="tokenizers is not installed (pip install 'gptkit[export]')")
@@ -103,18 +103,7 @@ def test_the_rotary_permutation_is_needed(tmp_path, char_tokenizer, monkeypatch)
 
 
 def tokenizer_cases():
-    return {
-        "char": lambda: CharTokenizer.train(mixed_corpus()),
-        "char:unk": lambda: CharTokenizer.train(shakespeare()[:20_000], unk=True),  # the CJK etc. become <unk>
-        "bpe-gpt2-pattern": lambda: small_bpe("gpt2"),
-        "bpe-gpt4-pattern": lambda: small_bpe("gpt4"),
-        "bpe-gpt4o-pattern": lambda: small_bpe("gpt4o"),
-        "sp-bpe": lambda: small_sentencepiece("bpe"),
-        "sp-unigram": lambda: small_sentencepiece("unigram"),
-        "gpt2": lambda: pretrained("gpt2"),
-        "cl100k_base": lambda: pretrained("cl100k_base"),
-        "o200k_base": lambda: pretrained("o200k_base"),
-    }
+    return tokenizer_kinds(mixed_corpus(), shakespeare()[:20_000])  # char:unk: the CJK etc. become <unk>
 
 
 @pytest.mark.parametrize("kind", tokenizer_cases())

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from export_fixtures import CASES, make_checkpoint
-from tokenizer_fixtures import CJK, EMOJI, PORTUGUESE, pretrained, small_bpe, small_sentencepiece
+from tokenizer_fixtures import CJK, EMOJI, PORTUGUESE, small_bpe, small_sentencepiece, tokenizer_kinds
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'gptkit[export]')")
 pytest.importorskip("tokenizers", reason="tokenizers is not installed (pip install 'gptkit[export]')")
@@ -27,18 +27,7 @@ TEXT = "ROMEO: But soft, what light?\r\n" + PORTUGUESE + EMOJI + CJK + "  tabs\t
 
 
 def tokenizers_by_kind():
-    return {
-        "char": lambda: CharTokenizer.train(TEXT),
-        "char:unk": lambda: CharTokenizer.train("ROMEO: abcdefghijklmnopqrstuvwxyz\n", unk=True),
-        "bpe-gpt2-pattern": lambda: small_bpe("gpt2"),
-        "bpe-gpt4-pattern": lambda: small_bpe("gpt4"),
-        "bpe-gpt4o-pattern": lambda: small_bpe("gpt4o"),
-        "sp-bpe": lambda: small_sentencepiece("bpe"),
-        "sp-unigram": lambda: small_sentencepiece("unigram"),
-        "gpt2": lambda: pretrained("gpt2"),
-        "cl100k_base": lambda: pretrained("cl100k_base"),
-        "o200k_base": lambda: pretrained("o200k_base"),
-    }
+    return tokenizer_kinds(TEXT, "ROMEO: abcdefghijklmnopqrstuvwxyz\n")
 
 
 # family case (export_fixtures.CASES, plus the tanh GELU) x a tokenizer kind

