@@ -31,8 +31,8 @@ Random weights: speed does not depend on what was learned. --quantize adds gptki
 from __future__ import annotations
 
 import argparse
-import json
 import copy
+import json
 import math
 import statistics
 import time
