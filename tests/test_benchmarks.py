@@ -91,3 +91,43 @@ def test_speedrun_quick_mode_reports_iterations_ms_and_ratios(shakespeare_file):
     assert ms["reference"] > 0 and ms["gptkit"] > 0
     assert abs(report["time_ratio"] - report["iters_ratio"] * ms["reference"] / ms["gptkit"]) < 1e-9
     assert "time ratio (nanoGPT / gptkit)" in done.stdout and "nanoGPT (restated)" in done.stdout
+
+
+STAND_IN_TRAIN_PY = '''
+import sys, time
+from pathlib import Path
+args = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--"))
+exec(Path(sys.argv[1]).read_text())  # nanoGPT's configurator runs the config file the same way
+assert Path("data/shakespeare_char/train.bin").read_bytes() == Path("data/shakespeare_char/input.txt").read_bytes()
+assert dataset == "shakespeare_char" and args["device"] == "cpu" and args["block_size"] == "64"
+for it in range(int(args["max_iters"]) + 1):
+    if it % int(args["eval_interval"]) == 0:
+        print(f"step {it}: train loss 4.2000, val loss {4.2 - it / 100:.4f}", flush=True)
+    print(f"iter {it}: loss 4.1000, time {10 + it % 3:.2f}ms, mfu -100.00%", flush=True)
+'''
+
+
+def test_speedrun_runs_a_nanogpt_checkout_and_reads_its_log(tmp_path, shakespeare_file):
+    """--nanogpt-dir: the checkout's scripts are copied beside its data, prepare.py is run on our corpus, and
+    train.py's own log lines (nanoGPT's format) give the evaluations and ms/iter. The checkout here is a
+    stand-in that prints that format (no network for nanoGPT itself)."""
+    checkout = tmp_path / "nanoGPT"
+    (checkout / "data" / "shakespeare_char").mkdir(parents=True)
+    (checkout / "train.py").write_text(STAND_IN_TRAIN_PY)
+    (checkout / "model.py").write_text("")
+    (checkout / "configurator.py").write_text("")
+    (checkout / "data" / "shakespeare_char" / "prepare.py").write_text(
+        "from pathlib import Path\nPath('train.bin').write_bytes(Path('input.txt').read_bytes())\n"
+    )
+    env = {**os.environ, "GPTKIT_SHAKESPEARE": str(shakespeare_file)}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "speedrun.py"), "--quick", "--threads", "1", "--target", "9.0",
+         "--nanogpt-dir", str(checkout), "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["reference"]["iters_mean"] == 5 and report["reference"]["all_reached"]
+    assert 10 <= report["ms_per_iter"]["reference"] <= 12  # the medians of its "time ...ms" lines
+    assert "nanoGPT (train.py)" in done.stdout
+    assert not (checkout / "data" / "shakespeare_char" / "input.txt").exists()  # the checkout stays untouched
