@@ -6,10 +6,13 @@
 
 For each model shape and batch size (1 and 8), greedy decoding of the same prompt by:
 
-    gptkit engine        engine.Engine: prefill once, preallocated KV cache, one host sync per step,
-                         weights laid out (in, out) in memory on the CPU (engine.lay_out_for_decoding)
-    engine, (out, in)    the same engine on nn.Linear's own layout (cpu_layout=False): what the
-                         layout alone is worth
+    gptkit engine        engine.Engine: prefill once, preallocated KV cache, one host sync per step, and
+                         on the CPU (cpu_decode.py) weights laid out (in, out) in memory, a large model's
+                         decode products split over all cores, oneDNN off in float32
+    engine on one core   the same engine with each product on one core (split_matmuls=False): what the
+                         split is worth (nothing on the small model: its matrices are too small to split)
+    engine nn.Linear layout  the same engine on nn.Linear's own (out, in) layout (cpu_layout=False, which
+                         also means no split): what the layout and the split together are worth
     gptkit no cache      the whole sequence through GPT.forward for every new token (no KV cache)
     transformers         GPT2LMHeadModel.generate with its KV cache, on the SAME weights: the gptkit
                          model is GPT-2-shaped (learned positions, LayerNorm, GELU) and its weights are
@@ -90,8 +93,8 @@ def time_it(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_engine(model, prompts, n, cpu_layout=True):
-    engine = Engine(model, Tokens(), max_batch_size=len(prompts), cpu_layout=cpu_layout)
+def run_engine(model, prompts, n, **engine_options):
+    engine = Engine(model, Tokens(), max_batch_size=len(prompts), **engine_options)
     params = SamplingParams(max_new_tokens=n, temperature=0.0, stop_at_eot=False)
     out = engine.generate(prompts, params)
     assert all(len(c.token_ids) == n for c in out)
@@ -186,7 +189,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per method; the median counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--skip", default="", help="comma-separated methods to leave out")
+    parser.add_argument("--skip", default="", help='comma-separated methods to leave out, e.g. "gptkit no cache,nanoGPT loop"')
     parser.add_argument("--quantize", action="store_true", help="also time the int8 engine (CPU)")
     parser.add_argument("--ckpt", default=None, help="with --quantize: a trained checkpoint for the val-loss change")
     parser.add_argument("--data", default=None, help="with --ckpt: its data folder")
@@ -209,7 +212,8 @@ def main() -> None:
         n = min(n, 12 if shape == "small" else 4) if args.quick else n
         methods = {
             "gptkit engine": lambda p, k: run_engine(model, p, k),
-            "engine, (out, in)": lambda p, k: run_engine(plain, p, k, cpu_layout=False),
+            "engine on one core": lambda p, k: run_engine(model, p, k, split_matmuls=False),
+            "engine nn.Linear layout": lambda p, k: run_engine(plain, p, k, cpu_layout=False),
             "gptkit no cache": lambda p, k: run_no_cache(plain, p, k),
             "transformers": lambda p, k: run_transformers(hf, p, k),
             "nanoGPT loop": lambda p, k: run_nanogpt(plain, p, k),

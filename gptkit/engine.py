@@ -21,15 +21,10 @@ block_size tokens, as generate.py and a full recomputation do, at the cost of on
 shift s > 0 re-prefills once every s + 1 tokens and predicts each from between block_size - s and
 block_size tokens: cheaper, not the same tokens. Inside the context, neither re-prefills.
 
-Weights laid out for the CPU. At batch 1 every matmul of a decode step is a matrix-vector product,
-bound by how fast the weights stream from memory. nn.Linear stores W as (out, in) and computes x @ W.T;
-BLAS streams that transposed layout markedly slower than an (in, out) matrix read as it lies (measured
-on GPT-2 small's shapes: 28.5 against 23.7 ms per token for the blocks, 14.3 against 8.8 ms for the
-50257-row output layer). So on the CPU the engine stores every Linear weight and the (tied) embedding
-transposed in memory: the same values, the same modules and shapes, only the strides change
-(lay_out_for_decoding). It does so IN PLACE, on the model it is given (a copy would double its memory);
-the model computes the same function, its state_dict is the same, and training it again still works
-(a little slower). cpu_layout=False leaves the model alone.
+On a CPU (cpu_decode.py): the weights are laid out (in, out) in memory, IN PLACE on the model it is given
+(the same values, modules and state_dict; cpu_layout=False leaves the model alone); the decode pass of a
+model with large matrices splits each product over all cores (split_matmuls; results equal to float32
+rounding); and in float32 oneDNN is off for the step (its GELU set-up costs more than a small model's work).
 
 static=True decodes with fixed shapes (static_decode.py), which torch.compile captures as a CUDA graph
 on a GPU (compile="auto": on CUDA only); the tokens are the same.
@@ -40,12 +35,14 @@ The engine is not thread-safe: one thread calls step() (a server passes requests
 from __future__ import annotations
 
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from gptkit.cpu_decode import SplitMatmuls, lay_out_for_decoding, without_onednn
 from gptkit.devices import Runtime
 from gptkit.errors import GptkitError
 from gptkit.kv_cache import KVCache
@@ -106,12 +103,16 @@ class Engine:
         static: bool = False,
         compile: bool | str = "auto",
         cpu_layout: bool = True,
+        split_matmuls: bool = True,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        if cpu_layout and self.device.type == "cpu":
+        on_cpu = self.device.type == "cpu"
+        if cpu_layout and on_cpu:
             lay_out_for_decoding(model)
+        # Large matrices: each decode product on every core (a laid-out float32 weight; see cpu_decode.py).
+        self.split_matmuls = SplitMatmuls.for_model(model) if split_matmuls and on_cpu and not static else None
         self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
         if not 0 <= context_shift < self.block_size:
             raise GptkitError(f"context_shift must be in 0..{self.block_size - 1} (got {context_shift})")
@@ -121,6 +122,7 @@ class Engine:
         self.rows: list[_Request | None] = [None] * max_batch_size
         self.waiting: deque[_Request] = deque()
         self.autocast = Runtime(self.device, precision).autocast
+        self.skip_onednn = on_cpu and precision == torch.float32  # bfloat16 matmuls need oneDNN (cpu_decode.py)
         self.last_tokens = torch.zeros(max_batch_size, 1, dtype=torch.long, device=self.device)  # each row's next input
         self.seen = self.counts = None  # (B_max, V) for the penalties, made when a request asks for one
         self._controls: BatchControls | None = None  # rebuilt when rows join or leave
@@ -192,7 +194,7 @@ class Engine:
         refill = [r for r in running if not r.tokens or self.cache.lengths[r.row] == self.block_size]
         for request in refill:  # emptied first: the decode pass's throw-away token for them lands in slot 0
             self.cache.reset(request.row)
-        with torch.inference_mode(), self.autocast:
+        with torch.inference_mode(), self.autocast, without_onednn(self.skip_onednn):
             logits = self._decode(hi, running, refill)  # (hi, V) float32, or None
             logits = self._prefill(hi, refill, logits)
             controls = self._batch_controls(hi)
@@ -238,8 +240,10 @@ class Engine:
                 self.cache.lengths[row] += 1
             return logits
         view = self.cache.rows(list(range(hi)), [1 if row in live else 0 for row in range(hi)])
-        x = self.model.hidden_states(self.last_tokens[:hi], cache=view)  # (hi, 1, C)
-        return self.model.unpadded(self.model.output_logits(x[:, 0])).float()  # (hi, V)
+        with self.split_matmuls or nullcontext():
+            x = self.model.hidden_states(self.last_tokens[:hi], cache=view)  # (hi, 1, C)
+            logits = self.model.output_logits(x[:, 0])
+        return self.model.unpadded(logits).float()  # (hi, V)
 
     def _prefill(self, hi: int, refill: list[_Request], logits: torch.Tensor | None) -> torch.Tensor:
         """Prefill `refill`'s rows (prompts, or restarted windows) in one right-padded pass; their rows of
@@ -364,18 +368,3 @@ def completion_of(prompt_ids: list[int], params: SamplingParams, events: list[To
         logprobs=[e.logprob for e in tokens] if wants else None,
         top_logprobs=[e.top_logprobs for e in tokens] if wants and params.logprobs > 0 else None,
     )
-
-
-def lay_out_for_decoding(model: torch.nn.Module) -> torch.nn.Module:
-    """Store each nn.Linear weight of `model` (and a tied embedding, which is the output layer too) as
-    the transpose of a contiguous (in, out) matrix, in place (see the module docstring): W keeps its
-    shape (out, in) and its values, its strides become (1, out), so F.linear's x @ W.T reads a
-    contiguous matrix. Idempotent: a weight already laid out is not contiguous and is left alone."""
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if getattr(model, "lm_head", False) is None:  # tied: logits = x @ token_embedding.weight.T
-        weights.append(model.token_embedding.weight)
-    with torch.no_grad():
-        for weight in weights:
-            if weight.dim() == 2 and weight.is_contiguous():
-                weight.data = weight.t().contiguous().t()  # (out, in) values over an (in, out) buffer
-    return model

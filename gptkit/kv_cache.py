@@ -177,21 +177,20 @@ class KVCache:
             K[rows, :, : k.size(2)] = k
             V[rows, :, : v.size(2)] = v
             return k, v
-        rows, slot = self._index  # slot: one int for every row, or each row's (B,)
-        if not isinstance(rows, slice):  # scattered rows (not what the engine sends): index, then gather
-            K[rows, :, slot] = k[:, :, 0]
-            V[rows, :, slot] = v[:, :, 0]
-            return K[rows, :, : self._span], V[rows, :, : self._span]  # (B, H_kv, S, D) copies
-        K, V = K[rows], V[rows]  # views of the batch's rows: writes land in the cache
-        if isinstance(slot, int):
-            K[:, :, slot : slot + 1] = k  # a plain slice: the cheapest write
-            V[:, :, slot : slot + 1] = v
-        else:
+        rows, slot = self._index  # rows: a slice or the row ids; slot: one int for every row, or each row's (B,)
+        if isinstance(slot, int):  # every row at the same position: a plain slice, the cheapest write
+            K[rows, :, slot : slot + 1] = k
+            V[rows, :, slot : slot + 1] = v
+        elif isinstance(rows, slice):  # row i's key into its own slot pos[i], on views of the batch's rows
             if self._scatter_index is None:
                 self._scatter_index = slot.view(-1, 1, 1, 1).expand(k.shape)  # (B, H_kv, 1, D)
-            K.scatter_(2, self._scatter_index, k)  # row i's key into its slot pos[i]
-            V.scatter_(2, self._scatter_index, v)
-        return K[:, :, : self._span], V[:, :, : self._span]  # views, no copy: (B, H_kv, S, D)
+            K[rows].scatter_(2, self._scatter_index, k)
+            V[rows].scatter_(2, self._scatter_index, v)
+        else:  # scattered rows at their own positions (not what the engine sends)
+            K[rows, :, slot] = k[:, :, 0]
+            V[rows, :, slot] = v[:, :, 0]
+        # (B, H_kv, S, D): views of the cache for a slice of rows; copies (a gather) for scattered rows
+        return K[rows, :, : self._span], V[rows, :, : self._span]
 
     def end(self, T: int) -> None:
         """After the last layer: each row now holds its new positions."""

@@ -63,7 +63,7 @@ from torch.overrides import TorchFunctionMode
 
 from gptkit.components import (  # noqa: F401  (the parts: importable from here, as before they moved)
     COMPONENT_PARTS, MLP, ALiBi, GeluMLP, LayerNorm, LearnedPosition, NoPosition, Relu2MLP, RMSNorm, Rotary, SwiGLU,
-    as_positions,
+    as_positions, dropout_layer,
 )
 from gptkit.config import ModelConfig  # the config lives in a torch-free module (fast --help)
 from gptkit.kv_cache import KVCache, attention_mask  # noqa: F401  (KVCache: part of this module's API)
@@ -141,7 +141,7 @@ class CausalSelfAttention(nn.Module):
         self.window = config.attention_window or None
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.proj.residual_projection = True  # scaled at init, see GPT._init_weights
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = dropout_layer(config.dropout)
         # The position scheme's part in attention: one module shared by all layers (nothing of it is saved).
         self.rotary = position if isinstance(position, Rotary) else None
         self.alibi = position if isinstance(position, ALiBi) else None
@@ -260,7 +260,7 @@ class GPT(nn.Module):
         position = build("position", config)
         self.position_embedding = position if position.adds_at_input else None
         in_attention = position if position.acts_in_attention else None
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = dropout_layer(config.dropout)
         self.blocks = nn.ModuleList(build("block", config, i, in_attention) for i in range(config.n_layer))
         self.final_norm = build("norm", config)
         # Tied: the output layer reuses token_embedding.weight, so there is no separate matrix to learn.

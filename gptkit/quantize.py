@@ -6,9 +6,11 @@ int8 kernels (fbgemm / onednn) and the weights take a quarter of the memory. Not
 trained. The embedding (and so a tied output layer, which multiplies by the embedding matrix) stays
 float32: only the blocks' projections and an untied lm_head become int8.
 
-It pays off where the Linear matmuls dominate (wide models on a CPU); a tiny model is bound by Python's
-per-token overhead and gains little. benchmarks/generate.py --quantize measures both the speed-up and
-the change in validation loss. CPU only: torch has no int8 dynamic kernels for CUDA or MPS.
+What it buys is memory: the weights in a quarter of the space. Speed it no longer buys on the development
+machine: its int8 kernels work on one core, while the float32 engine spreads a large model's decode
+products over all cores (cpu_decode.py), so at the 124M shape int8 decodes at 0.89x the float32 engine;
+a tiny model is bound by per-token overhead and gets slower. benchmarks/generate.py --quantize measures
+both the speed and the change in validation loss. CPU only: torch has no int8 dynamic kernels for CUDA or MPS.
 
 torch 2.10+ marks torch.ao.quantization as deprecated in favour of the separate torchao package; the
 eager dynamic path still works in torch 2.13, so gptkit uses it (no new dependency) and silences the

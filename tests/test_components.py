@@ -151,6 +151,22 @@ def test_the_default_is_exactly_gpt2():
     assert ModelConfig().kv_heads == 12
 
 
+def test_dropout_zero_is_no_module_call_and_dropout_still_drops_in_training():
+    """dropout = 0 builds nn.Identity (a decode step makes nine dropout calls otherwise); dropout > 0 the
+    real nn.Dropout, active in training only."""
+    config = dict(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    plain = GPT(ModelConfig(**config, dropout=0.0))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    dropping = GPT(ModelConfig(**config, dropout=0.5))
+    for layer in (dropping.embedding_dropout, dropping.blocks[0].attn.resid_dropout, dropping.blocks[0].mlp.dropout):
+        assert isinstance(layer, torch.nn.Dropout) and layer.p == 0.5
+    idx = torch.randint(0, 65, (2, 16))
+    dropping.train()
+    assert not torch.equal(dropping(idx)[0], dropping(idx)[0])  # fresh masks each pass
+    dropping.eval()
+    assert torch.equal(dropping(idx)[0], dropping(idx)[0])
+
+
 def test_no_positions_has_no_position_tensor_and_still_sees_order_through_the_mask():
     model = tiny(position="none")
     assert model.position_embedding is None and not any("position" in k for k in model.state_dict())

@@ -92,7 +92,7 @@ def test_saved_activations_of_the_gpt2_block_follow_its_formula():
     B, T, L, C, H, V = 2, 32, c.n_layer, c.n_embd, c.n_head, c.vocab_size
     estimate = estimate_training_memory(c, B, T)
     floats = B * T * (L * (16 * C + H + 4) + 2 * C + 2 + V) + 1  # + the loss itself
-    ids = 8 * B * T * 2 + 8 * T  # the input ids and the targets (B, T), the learned table's position ids (T,): int64
+    ids = 8 * B * T * 2  # the input ids and the targets (B, T), int64 (the learned positions are a slice of their table)
     assert estimate.activation_bytes == 4 * floats + ids
 
 

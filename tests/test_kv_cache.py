@@ -84,3 +84,25 @@ def test_a_reset_row_takes_a_new_prompt():
         assert cache.lengths == [6, 4]
         want, _ = model(torch.tensor([fresh]))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_scattered_rows_decode_at_one_position_and_at_their_own():
+    """Rows 0 and 2 of 3 (not a slice of the cache: index, then gather), first at one position, then at
+    positions of their own: every logit equals the uncached model's, and row 1 is never touched."""
+    model = tiny_model()
+    cache = KVCache(model.config.n_layer, batch_size=3)
+    prompts = {0: ids(4, 7), 2: ids(4, 8)}
+    with torch.no_grad():
+        model(torch.tensor([prompts[0], ids(2, 9) + [0, 0], prompts[2]]), cache=cache.rows([0, 1, 2], [4, 2, 4]))
+        untouched = cache.keys[0][1].clone()
+        for extra in ([[5], [6]], [[7], [8]]):
+            logits, _ = model(torch.tensor(extra), cache=cache.rows([0, 2]))
+            for i, row in enumerate((0, 2)):
+                prompts[row] = prompts[row] + extra[i]
+                want = model(torch.tensor([prompts[row]]))[0][0, -1]
+                torch.testing.assert_close(logits[i, 0], want, rtol=0, atol=1e-10)
+            if extra == [[5], [6]]:  # row 2 one position ahead from now on: positions of their own
+                model(torch.tensor([[9]]), cache=cache.rows([2]))
+                prompts[2] = prompts[2] + [9]
+        assert cache.lengths == [6, 2, 7]
+        assert torch.equal(cache.keys[0][1], untouched)
