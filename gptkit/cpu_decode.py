@@ -26,7 +26,8 @@ attacks both. Figures: the 2-core development machine (docs/performance.md), GPT
      blocks (in/P, out) one after another, so nothing is copied: 18.3 -> 11.4 ms for the block matrices.
      The sum's order differs from a single matmul's, so the result agrees to float32 rounding (~1e-6
      relative), not bit for bit. Small weights are left alone: a matrix that sits in the cache costs
-     less than the two extra calls (measured: 128-wide blocks 2.3x slower split, 192-wide and up faster).
+     less than the two extra calls (measured: 128-wide blocks 1.6-2.3x slower split, 256-wide and up
+     0.55-0.65x the time).
 
 2. Calling the kernels (small models). A 0.8M-parameter model's step is ~100 tensor operations on
    vectors of 128-512 values, and each pays a fixed price to dispatch. One of them pays far more than it
