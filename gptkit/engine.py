@@ -111,8 +111,11 @@ class Engine:
         on_cpu = self.device.type == "cpu"
         if cpu_layout and on_cpu:
             lay_out_for_decoding(model)
-        # Large matrices: each decode product on every core (a laid-out float32 weight; see cpu_decode.py).
-        self.split_matmuls = SplitMatmuls.for_model(model) if split_matmuls and on_cpu and not static else None
+        # On a CPU in float32 (cpu_decode.py; bfloat16 autocast picks its own kernels, and needs oneDNN):
+        # oneDNN off for each step, and a large model's decode products on every core.
+        cpu_float32 = on_cpu and precision == torch.float32
+        self.skip_onednn = cpu_float32
+        self.split_matmuls = SplitMatmuls.for_model(model) if split_matmuls and cpu_float32 and not static else None
         self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
         if not 0 <= context_shift < self.block_size:
             raise GptkitError(f"context_shift must be in 0..{self.block_size - 1} (got {context_shift})")
@@ -122,7 +125,6 @@ class Engine:
         self.rows: list[_Request | None] = [None] * max_batch_size
         self.waiting: deque[_Request] = deque()
         self.autocast = Runtime(self.device, precision).autocast
-        self.skip_onednn = on_cpu and precision == torch.float32  # bfloat16 matmuls need oneDNN (cpu_decode.py)
         self.last_tokens = torch.zeros(max_batch_size, 1, dtype=torch.long, device=self.device)  # each row's next input
         self.seen = self.counts = None  # (B_max, V) for the penalties, made when a request asks for one
         self._controls: BatchControls | None = None  # rebuilt when rows join or leave

@@ -138,8 +138,8 @@ def test_split_parts_divide_the_inner_dimension():
 
 def test_the_engine_splits_the_decode_of_a_large_model_only(two_threads, split_calls):
     """A model with 256-wide blocks (its MLP matrices hold 262,144 values) gets SplitMatmuls and uses it in
-    decode steps, not in the prefill; a 32-wide one, one thread, float64 weights, cpu_layout=False or
-    split_matmuls=False do not."""
+    decode steps, not in the prefill; a 32-wide one, one thread, float64 weights, bfloat16 autocast,
+    cpu_layout=False or split_matmuls=False do not."""
     prompts = [TOK.encode("the king"), TOK.encode("a")]
     params = SamplingParams(max_new_tokens=5, temperature=0.0, stop_at_eot=False)
     engine = Engine(model_of(256, dtype=torch.float32, scale=1.0), TOK, max_batch_size=2)
@@ -151,6 +151,7 @@ def test_the_engine_splits_the_decode_of_a_large_model_only(two_threads, split_c
     assert Engine(model_of(256, dtype=torch.float32), TOK, split_matmuls=False).split_matmuls is None
     assert Engine(model_of(256, dtype=torch.float32), TOK, cpu_layout=False).split_matmuls is None
     assert Engine(model_of(256), TOK).split_matmuls is None  # float64
+    assert Engine(model_of(256, dtype=torch.float32), TOK, precision=torch.bfloat16).split_matmuls is None  # autocast
     assert Engine(model_of(32, dtype=torch.float32), TOK).split_matmuls is None
     torch.set_num_threads(1)
     assert Engine(model_of(256, dtype=torch.float32), TOK).split_matmuls is None
